@@ -1,0 +1,92 @@
+"""Crash-safe writes: write to a temporary name beside the target, fsync, rename.
+
+A reader never sees a half-written file, and an interrupted write never destroys what
+was there before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry so a rename inside it survives a power loss."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success rename it over `target`.
+
+    Use for writers that want a path (safetensors, PIL, matplotlib).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(
+    target: str | Path, mode: str = "w", encoding: str | None = "utf-8"
+) -> Iterator[IO]:
+    """Open a temporary file for writing; on success it replaces `target` atomically."""
+    binary = "b" in mode
+    with atomic_path(target) as tmp, open(tmp, mode, encoding=None if binary else encoding) as fh:
+        yield fh
+        fh.flush()
+
+
+def write_text_atomic(target: str | Path, text: str) -> None:
+    """Write a whole text file atomically."""
+    with atomic_open(target, "w") as fh:
+        fh.write(text)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, marker: str = "COMPLETE") -> Iterator[Path]:
+    """Yield a temporary folder; on success fsync it, rename it to `target`, add `marker`.
+
+    A folder without the marker is incomplete and must be ignored by readers.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                with open(Path(root) / name, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        (target / marker).write_text("ok\n")
+        with open(target / marker, "rb") as fh:
+            os.fsync(fh.fileno())
+        fsync_dir(target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,135 @@
+"""The workspace catalog: a DuckDB file holding posts, image files, captions, problems and tags.
+
+Every stage reads and writes here; it is the one source of truth for what enters training.
+
+Tables
+- posts: one row per Danbooru post (metadata only is fine: `file` may be null).
+  Tag lists keep Danbooru's names (underscores) in Danbooru's alphabetical order.
+  `rating` is the modern meaning (g/s/q/e) used by captions; `rating_raw` is as read.
+  `date` is the calendar date as written in created_at (its own offset).
+  `excluded` is null for posts that may enter training, else the reason (safety filter).
+- files: the checked image file of a post (one per post; duplicates by content are skipped).
+- problems: every skipped file or record with the reason, for the summary and `status`.
+- captions: the built caption per included post, its tags in caption order (as written in the
+  caption: spaces, not underscores), the group of each tag (artist, copyright, character,
+  general, meta, quality, rating, period; same length as tags) and its CLIP token count.
+- recommended_tags: the output of `tags suggest`, quoted by the model card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from tagtune.errors import InputError, WorkspaceError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS posts (
+    id              BIGINT PRIMARY KEY,
+    md5             VARCHAR,
+    created_at      VARCHAR,
+    date            DATE,
+    score           INTEGER,
+    fav_count       INTEGER,
+    rating          VARCHAR,
+    rating_raw      VARCHAR,
+    file_ext        VARCHAR,
+    image_width     INTEGER,
+    image_height    INTEGER,
+    tags_artist     VARCHAR[],
+    tags_copyright  VARCHAR[],
+    tags_character  VARCHAR[],
+    tags_general    VARCHAR[],
+    tags_meta       VARCHAR[],
+    parent_id       BIGINT,
+    is_deleted      BOOLEAN,
+    source          VARCHAR,
+    raw             JSON,
+    favorite        BOOLEAN DEFAULT FALSE,
+    excluded        VARCHAR,
+    ingested_at     TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS files (
+    post_id     BIGINT PRIMARY KEY,
+    path        VARCHAR NOT NULL,
+    sha256      VARCHAR NOT NULL,
+    width       INTEGER NOT NULL,
+    height      INTEGER NOT NULL,
+    format      VARCHAR,
+    bytes       BIGINT
+);
+CREATE TABLE IF NOT EXISTS problems (
+    path        VARCHAR,
+    post_id     BIGINT,
+    reason      VARCHAR NOT NULL,
+    detail      VARCHAR,
+    stage       VARCHAR DEFAULT 'ingest',
+    at          TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS captions (
+    post_id     BIGINT PRIMARY KEY,
+    caption     VARCHAR NOT NULL,
+    tags        VARCHAR[] NOT NULL,
+    groups      VARCHAR[] NOT NULL,
+    tokens      INTEGER,
+    built_at    TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS recommended_tags (
+    subset      VARCHAR NOT NULL,
+    rank        INTEGER NOT NULL,
+    tag         VARCHAR NOT NULL,
+    jaccard     DOUBLE NOT NULL,
+    count       BIGINT NOT NULL,
+    built_at    TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
+
+def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (and create, unless read-only) the catalog with its schema in place."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise WorkspaceError("no catalog yet", file=path, hint="run `tagtune ingest` first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    if not read_only:
+        con.execute(SCHEMA)
+    return con
+
+
+@contextlib.contextmanager
+def open_catalog(path: str | Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Context-managed `connect` that always closes the file."""
+    con = connect(path, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def subset_where(subset: str) -> str:
+    """SQL condition over `posts` for a subset name: all, favorites, or a user WHERE clause.
+
+    Excluded posts (safety filter) are never part of any subset.
+    """
+    s = subset.strip()
+    if s in ("", "all"):
+        cond = "TRUE"
+    elif s == "favorites":
+        cond = "posts.favorite"
+    else:
+        cond = f"({s})"
+    return f"posts.excluded IS NULL AND {cond}"
+
+
+def check_subset(con: duckdb.DuckDBPyConnection, subset: str) -> None:
+    """Raise an InputError naming the clause when a subset's WHERE clause is not valid SQL."""
+    try:
+        con.execute(f"SELECT count(*) FROM posts WHERE {subset_where(subset)}").fetchone()
+    except duckdb.Error as exc:
+        raise InputError(
+            f"invalid subset WHERE clause: {exc}".splitlines()[0], field="subset", value=subset
+        ) from None

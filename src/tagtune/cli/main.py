@@ -1,0 +1,70 @@
+"""`tagtune VERB`: registers every verb and turns library errors into one-line messages."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tagtune.cli import (
+    caption_cmd,
+    card_cmd,
+    demo_cmd,
+    generate_cmd,
+    ingest_cmd,
+    merge_cmd,
+    model_cmds,
+    prepare_cmd,
+    tags_cmd,
+    train_cmd,
+    workspace_cmds,
+)
+from tagtune.cli.common import err_console
+from tagtune.errors import TagtuneError
+
+app = typer.Typer(
+    name="tagtune",
+    help="Turn a Danbooru-style image collection into a fine-tuned SDXL checkpoint.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Turn a Danbooru-style image collection into a fine-tuned SDXL checkpoint."""
+
+
+for module in (
+    workspace_cmds,
+    ingest_cmd,
+    caption_cmd,
+    tags_cmd,
+    model_cmds,
+    prepare_cmd,
+    train_cmd,
+    generate_cmd,
+    merge_cmd,
+    card_cmd,
+    demo_cmd,
+):
+    module.register(app)
+
+
+def main() -> None:
+    """Entry point: run the app; a TagtuneError becomes `error: ...` (+ hint) and exit code 2."""
+    try:
+        app()
+    except TagtuneError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message()}", soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"[dim]hint:[/] {exc.hint}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Reading, writing and building SDXL models (single-file and diffusers layouts)."""

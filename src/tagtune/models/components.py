@@ -1,0 +1,34 @@
+"""The parts of an SDXL model, held together, whatever file they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+VAE_SCALING_FACTOR = 0.13025
+
+
+@dataclass
+class SDXLComponents:
+    """U-Net, VAE, both text encoders, their tokenizers and the noise scheduler config.
+
+    `source` names where the weights came from (file or folder), for records and errors.
+    """
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    text_encoder_2: Any
+    tokenizer: Any
+    tokenizer_2: Any
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def modules(self) -> dict[str, Any]:
+        """The four weight-carrying modules by their diffusers folder name."""
+        return {
+            "unet": self.unet,
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "text_encoder_2": self.text_encoder_2,
+        }

@@ -1,0 +1,146 @@
+"""The recipe: defaults are the reference workflow, errors name key, value and what is allowed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+
+import pytest
+
+from tagtune.errors import RecipeError
+from tagtune.recipe import Recipe, load_recipe, parse_recipe
+from tagtune.recipe_toml import render_recipe
+from tagtune.workspace import init_workspace, open_workspace
+
+
+def test_defaults_are_the_reference_workflow():
+    r = Recipe()
+    main, fav = r.train.stages
+    assert (main.name, main.subset, main.epochs, main.repeats, main.batch_size) == (
+        "main",
+        "all",
+        26,
+        1,
+        4,
+    )
+    assert (main.optimizer, main.lr_unet, main.lr_text_encoder, main.lr_text_encoder_2) == (
+        "adamw8bit",
+        1e-5,
+        2e-6,
+        2e-6,
+    )
+    assert (main.scheduler, main.warmup_ratio, main.noise_offset) == (
+        "cosine_with_restarts",
+        0.1,
+        0.0,
+    )
+    assert (fav.name, fav.subset, fav.epochs, fav.batch_size, fav.optimizer) == (
+        "favorites",
+        "favorites",
+        25,
+        4,
+        "adamw8bit",
+    )
+    assert (fav.lr_unet, fav.lr_text_encoder, fav.lr_text_encoder_2) == (1e-6, 0.0, 0.0)
+    assert fav.cache_text_encoder_outputs is False
+    assert (fav.scheduler, fav.warmup_ratio, fav.warmup_steps, fav.noise_offset) == (
+        "constant",
+        0,
+        0,
+        0.0357,
+    )
+    c = r.caption
+    assert c.order == ["artist", "copyright", "character", "general", "quality", "rating", "period"]
+    assert [(b.min, b.tag) for b in c.quality_bands] == [
+        (150, "masterpiece"),
+        (100, "best quality"),
+        (75, "great quality"),
+        (25, "medium quality"),
+        (0, "normal quality"),
+        (-5, "low quality"),
+        (None, "worst quality"),
+    ]
+    assert c.ratings == {
+        "g": ["safe"],
+        "s": ["sensitive"],
+        "q": ["nsfw"],
+        "e": ["nsfw", "explicit"],
+    }
+    assert [(p.start, p.tag) for p in c.periods] == [
+        (dt.date(2021, 1, 1), "newest"),
+        (dt.date(2018, 1, 1), "recent"),
+        (dt.date(2015, 1, 1), "mid"),
+        (dt.date(2011, 1, 1), "early"),
+        (None, "oldest"),
+    ]
+    assert r.export.clip_skip == 1 and r.export.negative_prompt == "worst quality"
+    assert r.project.license == "Fair AI Public License 1.0-SD"
+
+
+def test_rendered_recipe_parses_back_to_the_defaults():
+    assert parse_recipe(tomllib.loads(render_recipe())) == Recipe()
+
+
+def test_init_writes_a_loadable_recipe_and_refuses_to_overwrite(tmp_path):
+    ws = init_workspace(tmp_path / "ws")
+    assert open_workspace(ws.root).recipe() == Recipe()
+    with pytest.raises(RecipeError.__mro__[1]) as exc:  # WorkspaceError
+        init_workspace(tmp_path / "ws")
+    assert "already exists" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[train]\nbogus = 1\n", "train.bogus: unknown key (allowed: run, seed, mixed_precision"),
+        (
+            '[[train.stages]]\nname = "x"\noptimizer = "adam"\n',
+            "train.stages[0].optimizer = 'adam': not an allowed value (allowed: adamw8bit, adamw, adafactor)",
+        ),
+        (
+            '[train]\nmixed_precision = "fp8"\n',
+            "train.mixed_precision = 'fp8': not an allowed value (allowed: bf16, fp16, no)",
+        ),
+        ("[[train.stages]]\nepochs = 2\n", "train.stages[0].name: required key is missing"),
+        (
+            '[[train.stages]]\nname = "a"\nepochs = 0\n',
+            "train.stages[0].epochs = 0: input should be greater than or equal to 1",
+        ),
+        (
+            '[[train.stages]]\nname = "a"\nwarmup_ratio = 0.1\nwarmup_steps = 5\n',
+            "set warmup_ratio (0.1) or warmup_steps (5), not both",
+        ),
+        (
+            '[[train.stages]]\nname = "a"\ncache_text_encoder_outputs = true\n',
+            "cache_text_encoder_outputs needs frozen encoders and fixed captions, but lr_text_encoder = 2e-06",
+        ),
+        ('[caption]\norder = ["artist", "artist"]\n', "caption.order: a group appears twice"),
+        ('[caption]\norder = ["artists"]\n', "caption.order[0] = 'artists': not an allowed value"),
+        (
+            "schema_version = 99\n",
+            "schema_version = 99: unsupported recipe version (allowed: 0..1)",
+        ),
+        ("[buckets]\nmin_side = 4096\n", "buckets.min_side (4096) exceeds buckets.max_side (2048)"),
+    ],
+)
+def test_recipe_errors_name_key_value_and_allowed(tmp_path, toml, expected):
+    path = tmp_path / "tagtune.toml"
+    path.write_text(toml)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    assert expected in str(exc.value)
+    assert str(path) in str(exc.value)
+
+
+def test_old_recipe_without_version_is_migrated(tmp_path):
+    path = tmp_path / "tagtune.toml"
+    path.write_text('[project]\nname = "old"\n')
+    r = load_recipe(path)
+    assert r.schema_version == 1 and r.project.name == "old"
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = tmp_path / "tagtune.toml"
+    path.write_text("[train\n")
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(path)
