@@ -15,6 +15,17 @@ from pathlib import Path
 from typing import IO
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: Path, directory: bool = False) -> None:
+    """Give a mkstemp/mkdtemp entry (0600/0700) the mode a plain open()/mkdir() would have."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def fsync_dir(path: Path) -> None:
     """Flush a directory entry so a rename inside it survives a power loss."""
     with contextlib.suppress(OSError):
@@ -36,6 +47,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _normal_mode(tmp_path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -73,6 +85,7 @@ def atomic_dir(target: str | Path, marker: str = "COMPLETE") -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _normal_mode(tmp, directory=True)
     try:
         yield tmp
         for root, _dirs, files in os.walk(tmp):

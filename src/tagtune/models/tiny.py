@@ -56,7 +56,7 @@ VAE_CONFIG: dict[str, Any] = {
     "out_channels": 3,
     "down_block_types": ["DownEncoderBlock2D"] * 4,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 16, 16, 16],
+    "block_out_channels": [8, 16, 32, 32],  # widths change where SDXL's do: same nin_shortcut keys
     "layers_per_block": 2,
     "latent_channels": 4,
     "norm_num_groups": 8,

@@ -1,0 +1,117 @@
+"""What `tagtune convert` and `tagtune tiny-model` do: load or build, then write one layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from tagtune.errors import InputError
+from tagtune.models.modelspec import modelspec_metadata
+
+Format = Literal["single-file", "diffusers"]
+FORMATS: tuple[str, ...] = ("single-file", "diffusers")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """A model written: where, in which layout and dtype, and how many tensors it holds."""
+
+    path: Path
+    format: str
+    dtype: str
+    tensors: int
+    bytes: int
+
+
+def _size_and_tensors(path: Path) -> tuple[int, int]:
+    """Bytes on disk and tensors stored (read from the safetensors headers only)."""
+    from tagtune.models.safetensors_io import read_header
+
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    tensors = sum(len(read_header(p).tensors) for p in files if p.suffix == ".safetensors")
+    return size, tensors
+
+
+def _check_output(out: Path, overwrite: bool, fmt: str, dtype: str) -> None:
+    """Refuse bad options and an existing output before any slow work."""
+    from tagtune.models.save import parse_dtype
+
+    if fmt not in FORMATS:
+        raise InputError("unknown format", field="format", value=fmt, allowed=", ".join(FORMATS))
+    parse_dtype(dtype)
+    if fmt == "single-file" and out.suffix != ".safetensors":
+        raise InputError(
+            "a single-file checkpoint needs the .safetensors extension (UIs go by it)", file=out
+        )
+    if out.exists() and not overwrite:
+        raise InputError("output exists", file=out, hint="use --force to replace it")
+
+
+def write_model(
+    components,
+    out: str | Path,
+    fmt: str,
+    dtype: str = "fp16",
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> WriteResult:
+    """Write components as a single file or a diffusers folder (see `save.py`)."""
+    from tagtune.models.save import save_diffusers, save_single_file
+
+    out = Path(out)
+    _check_output(out, overwrite, fmt, dtype)
+    if fmt == "single-file":
+        save_single_file(components, out, dtype=dtype, metadata=metadata)
+    else:
+        save_diffusers(components, out, dtype=dtype, overwrite=overwrite)
+    size, tensors = _size_and_tensors(out)
+    return WriteResult(out, fmt, dtype, tensors, size)
+
+
+def convert_model(
+    src: str | Path,
+    dst: str | Path,
+    dtype: str = "fp16",
+    tokenizers: Any = None,
+    overwrite: bool = False,
+) -> WriteResult:
+    """A diffusers folder becomes a single file; a single file becomes a diffusers folder.
+
+    The single file gets ModelSpec metadata (title = output name) and `tagtune.converted_from`.
+    """
+    from tagtune.models.load import load_model
+
+    src, dst = Path(src), Path(dst)
+    fmt = "single-file" if src.is_dir() else "diffusers"
+    _check_output(dst, overwrite, fmt, dtype)
+    components = load_model(src, tokenizers=tokenizers, dtype=torch.float32)
+    meta = modelspec_metadata(dst.stem, extra={"tagtune.converted_from": src.name})
+    return write_model(components, dst, fmt, dtype, meta, overwrite)
+
+
+def write_tiny_model(
+    out: str | Path,
+    fmt: str = "single-file",
+    seed: int = 0,
+    dtype: str = "fp16",
+    overwrite: bool = False,
+) -> WriteResult:
+    """A tiny random SDXL (full architecture, small widths) written to `out`.
+
+    Same seed, same bytes: the header carries no date.
+    """
+    from tagtune.models.tiny import build_tiny_sdxl
+
+    _check_output(Path(out), overwrite, fmt, dtype)
+    components = build_tiny_sdxl(seed)
+    meta = modelspec_metadata(
+        f"tagtune tiny SDXL (seed {seed})",
+        date="",
+        description="Randomly initialised SDXL architecture with small widths, for tests.",
+        extra={"tagtune.tiny_seed": str(seed)},
+    )
+    return write_model(components, out, fmt, dtype, meta, overwrite)
