@@ -105,7 +105,7 @@ def _recommended(ws: Workspace) -> tuple[str, list[str]]:
             raise WorkspaceError(
                 "no recommended tags in the catalog",
                 file=ws.catalog_path,
-                hint="run `tagtune tags suggest WS` first",
+                hint="run `tagtune tags WS suggest` first",
             )
         tags = [
             r[0]

@@ -10,6 +10,7 @@ Tables
   `excluded` is null for posts that may enter training, else the reason (safety filter).
 - files: the checked image file of a post (one per post; duplicates by content are skipped).
 - problems: every skipped file or record with the reason, for the summary and `status`.
+  `source` is the SOURCE (or favorites file) whose ingest recorded it; a re-ingest replaces them.
 - captions: the built caption per included post, its tags in caption order (as written in the
   caption: spaces, not underscores), the group of each tag (artist, copyright, character,
   general, meta, quality, rating, period; same length as tags) and its CLIP token count.
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS problems (
     reason      VARCHAR NOT NULL,
     detail      VARCHAR,
     stage       VARCHAR DEFAULT 'ingest',
-    at          TIMESTAMP DEFAULT current_timestamp
+    "at"        TIMESTAMP DEFAULT current_timestamp,
+    source      VARCHAR
 );
 CREATE TABLE IF NOT EXISTS captions (
     post_id     BIGINT PRIMARY KEY,
@@ -94,7 +96,16 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     if read_only and not path.exists():
         raise WorkspaceError("no catalog yet", file=path, hint="run `tagtune ingest` first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        raise WorkspaceError(
+            "the catalog is in use by another tagtune process",
+            file=path,
+            hint="wait for it to finish, then run this again",
+        ) from None
     if not read_only:
         con.execute(SCHEMA)
     return con

@@ -102,6 +102,12 @@ DEFAULT_COUNT_TAGS = [
     "multiple_others",
 ]
 
+KAOMOJI = [
+    "0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9",
+    ">_o", "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||",
+]  # fmt: skip
+"""Danbooru kaomoji tags (DESIGN.md) that keep their underscores in captions."""
+
 
 class CaptionConfig(Strict):
     order: list[TagGroup] = [
@@ -116,7 +122,7 @@ class CaptionConfig(Strict):
     """Field groups in caption order; leave one out to drop it ("meta" is off by default)."""
     count_tags: list[str] = DEFAULT_COUNT_TAGS
     """Person-count tags moved to the front of the general group (kept in alphabetical order)."""
-    keep_underscores: list[str] = []
+    keep_underscores: list[str] = KAOMOJI
     """Tags whose underscores are kept (besides every tag of at most `underscore_max_len` characters)."""
     underscore_max_len: int = Field(default=3, ge=0)
     """Tags this short keep their underscores (kaomoji such as ^_^ or o_o)."""
@@ -321,6 +327,9 @@ class TrainConfig(Strict):
     """bf16/fp16 need a CUDA GPU; "no" trains in fp32 (CPU)."""
     gradient_checkpointing: bool = True
     """Trade compute for memory in the U-Net and text encoders."""
+    fused_backward: bool = False
+    """Adafactor only: step each parameter inside the backward pass so whole-model gradients are
+    never held (24 GB cards); needs gradient_accumulation 1 and one process; clipping is per tensor."""
     save_every_n_epochs: int = Field(default=1, ge=1)
     """Write a resumable state after every N epochs."""
     save_every_n_steps: int = Field(default=0, ge=0)

@@ -1,9 +1,129 @@
-"""Commands of this area (not written yet)."""
+"""`tagtune train` and `tagtune export`: thin wrappers over tagtune.train."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from tagtune.cli.common import console, print_json
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+
+    @app.command("train")
+    def train(
+        workspace: Path = typer.Argument(..., help="Workspace folder."),
+        stage: str = typer.Option(None, "--stage", help="Run only this stage."),
+        resume: bool = typer.Option(
+            False, "--resume", help="Continue from the newest complete state."
+        ),
+        dry_run: bool = typer.Option(
+            False, "--dry-run", help="Print steps and a GPU memory estimate only."
+        ),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Train the recipe's stages in order (all pending ones, or --stage NAME)."""
+        from tagtune.workspace import open_workspace
+
+        ws = open_workspace(workspace)
+        if dry_run:
+            from tagtune.train.plan import dry_run as plan
+
+            result = plan(ws)
+            if json_out:
+                print_json(result)
+            else:
+                _print_plan(result)
+            return
+        from tagtune.train.stages import run_training
+
+        summary = run_training(ws, stage=stage, resume=resume, progress=not json_out)
+        if json_out:
+            print_json(summary.to_json())
+            return
+        for note in summary.notes:
+            console.print(f"[dim]{note}[/]")
+        _print_summary(summary)
+
+    @app.command("export")
+    def export(
+        workspace: Path = typer.Argument(..., help="Workspace folder."),
+        run: str = typer.Option(None, "--run", help="Run name (default: the recipe's)."),
+        stage: str = typer.Option(
+            None, "--stage", help="Stage to export (default: the last completed)."
+        ),
+        out: Path = typer.Option(
+            None, "--out", help="Output file (default: out/<project.name>.safetensors)."
+        ),
+        dtype: str = typer.Option(
+            None, "--dtype", help="fp16, bf16 or fp32 (default: the recipe's)."
+        ),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Write a single-file SDXL checkpoint from a run's last completed stage."""
+        from tagtune.errors import InputError
+        from tagtune.train.export import export_model
+        from tagtune.workspace import open_workspace
+
+        if dtype is not None and dtype not in ("fp16", "bf16", "fp32"):
+            raise InputError(
+                "not an allowed dtype", field="--dtype", value=dtype, allowed="fp16, bf16, fp32"
+            )
+        result = export_model(open_workspace(workspace), run=run, stage=stage, out=out, dtype=dtype)
+        if json_out:
+            print_json(result.to_json())
+            return
+        console.print(f"exported stage [bold]{result.stage}[/] to {result.path}")
+        for name, value in result.hashes.items():
+            console.print(f"  {name}: {value}")
+
+
+def _print_plan(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"run {result['run']}: dry run ({result['resolution']})")
+    for col in (
+        "stage",
+        "images",
+        "epochs",
+        "steps/epoch",
+        "steps",
+        "warm-up",
+        "optimizer",
+        "GPU GiB (est.)",
+    ):
+        table.add_column(col)
+    for s in result["stages"]:
+        table.add_row(
+            s["name"], str(s["images"]), str(s["epochs"]), str(s["steps_per_epoch"]),
+            str(s["steps"]), str(s["warmup_steps"]), s["optimizer"],
+            f"{s['memory_gib_estimate']['total']:.1f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"total steps: {result['total_steps']}")
+    console.print(
+        f"[dim]{result['note']}; steps from {result['stages'][0]['steps_from'] if result['stages'] else '-'}[/]"
+    )
+
+
+def _print_summary(summary) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"training: {summary.run_dir}")
+    for col in ("stage", "images", "steps", "seconds", "final loss", "final state"):
+        table.add_column(col)
+    for s in summary.ran:
+        loss = "-" if s["final_loss"] is None else f"{s['final_loss']:.4f}"
+        table.add_row(
+            s["name"],
+            str(s["images"]),
+            str(s["steps"]),
+            f"{s['seconds']:.1f}",
+            loss,
+            s["final_state"],
+        )
+    console.print(table)
+    if summary.skipped:
+        console.print(f"already complete: {', '.join(summary.skipped)}")
