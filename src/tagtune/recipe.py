@@ -327,6 +327,9 @@ class TrainConfig(Strict):
     """bf16/fp16 need a CUDA GPU; "no" trains in fp32 (CPU)."""
     gradient_checkpointing: bool = True
     """Trade compute for memory in the U-Net and text encoders."""
+    weight_dtype: Literal["fp32", "bf16"] = "fp32"
+    """Dtype of the model weights while training: bf16 halves weights, gradients and AdamW states
+    (the 24 GB-card setting, with adamw8bit and gradient_checkpointing); fp32 is exact."""
     fused_backward: bool = False
     """Adafactor only: step each parameter inside the backward pass so whole-model gradients are
     never held (24 GB cards); needs gradient_accumulation 1 and one process; clipping is per tensor."""
