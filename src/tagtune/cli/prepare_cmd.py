@@ -54,10 +54,11 @@ def _result_table(result: Any) -> None:
         ("problems (skipped)", "problems"),
         ("images/s", "images_per_s"),
         ("encoder waiting for images", "encoder_wait_share"),
+        ("  after the first image", "steady_wait_share"),
         ("cache", "cache_dir"),
     ):
         value = s[key]
-        if key == "encoder_wait_share":
+        if key.endswith("wait_share"):
             value = f"{value:.1%}"
         t.add_row(label, str(value))
     console.print(t)
@@ -81,6 +82,9 @@ def register(app: typer.Typer) -> None:
         ),
         workers: int = typer.Option(
             2, "--workers", min=0, help="Processes decoding and resizing images (0: inline)."
+        ),
+        vae_batch: int = typer.Option(
+            4, "--vae-batch", min=1, help="Images per VAE call (lower it if memory runs out)."
         ),
         out: Path | None = typer.Option(
             None, "--out", help="Chart file (PNG) for `chart`; default WS/out/buckets.png."
@@ -116,7 +120,7 @@ def register(app: typer.Typer) -> None:
             return
         from tagtune.prepare import prepare_workspace
 
-        result = prepare_workspace(w, workers, show_progress=not json_out)
+        result = prepare_workspace(w, workers, vae_batch_size=vae_batch, show_progress=not json_out)
         if json_out:
             print_json(result.summary())
         else:
