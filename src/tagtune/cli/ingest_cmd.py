@@ -44,9 +44,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def ingest(
-        ws: Path = typer.Argument(..., help="Workspace folder (created by `tagtune init`)."),
+        ws: Path = typer.Argument(
+            ..., metavar="WS", help="Workspace folder (created by `tagtune init`)."
+        ),
         sources: list[Path] = typer.Argument(
             ...,
+            metavar="SOURCE",
             help="Folders of images with gallery-dl sidecars, API .json lists, .jsonl or "
             ".parquet dumps.",
         ),
@@ -78,8 +81,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def favorites(
-        ws: Path = typer.Argument(..., help="Workspace folder."),
-        file: Path = typer.Argument(..., help="Favorites list: one post id or md5 per line."),
+        ws: Path = typer.Argument(..., metavar="WS", help="Workspace folder."),
+        file: Path = typer.Argument(
+            ..., metavar="FILE", help="Favorites list: one post id or md5 per line."
+        ),
         replace: bool = typer.Option(
             False, "--replace", help="Unmark every post not in FILE (default: only add)."
         ),
@@ -116,7 +121,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def status(
-        ws: Path = typer.Argument(..., help="Workspace folder."),
+        ws: Path = typer.Argument(..., metavar="WS", help="Workspace folder."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Counts in the catalog: posts, images, favorites, per rating, per year, problems."""

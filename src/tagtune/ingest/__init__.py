@@ -1,0 +1,22 @@
+"""Ingest: readers for every SOURCE kind, image checks, favorites, and the catalog writer."""
+
+from tagtune.ingest.driver import apply_favorites, ingest, ingest_source, update_favorites
+from tagtune.ingest.favorites import mark_favorites, parse_favorites
+from tagtune.ingest.images import REASONS, check_image
+from tagtune.ingest.report import catalog_summary, read_status, workspace_status
+from tagtune.ingest.sources import detect_kind
+
+__all__ = [
+    "REASONS",
+    "apply_favorites",
+    "catalog_summary",
+    "check_image",
+    "detect_kind",
+    "ingest",
+    "ingest_source",
+    "mark_favorites",
+    "parse_favorites",
+    "read_status",
+    "update_favorites",
+    "workspace_status",
+]
