@@ -1,0 +1,134 @@
+"""Final single-file export: base model + every finished stage's weights -> one SDXL safetensors.
+
+The header carries ModelSpec metadata plus `tagtune.recipe` (the recipe as JSON),
+`tagtune.training` (stages, steps, epochs, images) and `tagtune.tag_frequency` (top caption
+tags with counts). The file's hashes go into run.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tagtune.errors import TrainingError
+from tagtune.recipe import Recipe
+from tagtune.train import records as rec
+from tagtune.workspace import Workspace
+
+TOP_TAGS = 100
+
+
+@dataclass
+class ExportResult:
+    """Where the export went, from which stage, and its hashes."""
+
+    path: Path
+    stage: str
+    hashes: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary for the CLI."""
+        return {"path": str(self.path), "stage": self.stage, "hashes": self.hashes}
+
+
+def file_hashes(path: Path) -> dict[str, str]:
+    """The model-site hashes of a file (SHA-256, AutoV1/V2/V3, CRC32, BLAKE3)."""
+    from tagtune.hashes import file_hashes as all_hashes
+
+    return {k: v for k, v in all_hashes(path).items() if v is not None}
+
+
+def tag_frequency(ws: Workspace, top: int = TOP_TAGS) -> dict[str, int]:
+    """The most frequent caption tags of the workspace with their counts (for the header)."""
+    from tagtune.catalog import open_catalog
+
+    if not ws.catalog_path.exists():
+        return {}
+    with open_catalog(ws.catalog_path, read_only=True) as con:
+        rows = con.execute(
+            "SELECT tag, count(*) AS n FROM (SELECT unnest(tags) AS tag FROM captions) "
+            "GROUP BY tag ORDER BY n DESC, tag LIMIT ?",
+            [top],
+        ).fetchall()
+    return {t: int(n) for t, n in rows}
+
+
+def training_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The `tagtune.training` header value: per-stage settings and totals."""
+    keep = ("name", "subset", "images", "epochs", "steps", "batch_size", "repeats")
+    stages = [
+        {**{k: s[k] for k in keep}, "optimizer": s["settings"]["optimizer"],
+         "lr_unet": s["settings"]["lr_unet"], "lr_text_encoder": s["settings"]["lr_text_encoder"],
+         "lr_text_encoder_2": s["settings"]["lr_text_encoder_2"]}
+        for s in record["stages"] if s["status"] == "complete"
+    ]  # fmt: skip
+    return {"stages": stages, **rec.totals(record)}
+
+
+def export_components(
+    components: Any,
+    out: Path,
+    recipe: Recipe,
+    dtype: str = "fp16",
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Write the components as one SDXL single file with ModelSpec + tagtune metadata."""
+    from tagtune.models.modelspec import modelspec_metadata
+    from tagtune.models.save import save_single_file
+
+    meta = modelspec_metadata(
+        recipe.project.name,
+        author=recipe.project.author,
+        description=recipe.project.description,
+        license=recipe.project.license,
+        resolution="{}x{}".format(*recipe.export.resolution),
+        prediction_type=recipe.model.prediction_type,
+        extra={"tagtune.recipe": json.dumps(recipe.model_dump(mode="json")), **(extra or {})},
+    )
+    return Path(save_single_file(components, out, dtype=dtype, metadata=meta))
+
+
+def export_model(
+    ws: Workspace,
+    run: str | None = None,
+    stage: str | None = None,
+    out: Path | None = None,
+    dtype: str | None = None,
+    components: Any = None,
+) -> ExportResult:
+    """Export the run's last completed stage (or `stage`) to `WS/out/<project.name>.safetensors`."""
+    from tagtune.train.stages import apply_stage_weights, load_base
+
+    recipe = ws.recipe()
+    run_dir = ws.runs_dir / (run or recipe.train.run)
+    record = rec.read_run(run_dir)
+    done = [s for s in (record or {}).get("stages", []) if s["status"] == "complete"]
+    if not done:
+        raise TrainingError(
+            "no completed stage to export", file=run_dir, hint="run `tagtune train` first"
+        )
+    names = [s["name"] for s in done]
+    target = stage or names[-1]
+    if target not in names:
+        raise TrainingError(
+            "stage is not complete", field="stage", value=target, allowed=", ".join(names)
+        )
+    components = components if components is not None else load_base(ws, recipe)
+    for s in done[: names.index(target) + 1]:
+        apply_stage_weights(components, ws.root / s["final_state"])
+    out = Path(out) if out else ws.out_dir / f"{recipe.project.name}.safetensors"
+    extra = {
+        "tagtune.training": json.dumps(training_summary(record)),
+        "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),
+    }
+    path = export_components(components, out, recipe, dtype or recipe.export.dtype, extra)
+    hashes = file_hashes(path)
+    try:
+        shown = path.resolve().relative_to(ws.root.resolve()).as_posix()
+    except ValueError:
+        shown = str(path)
+    record["export"] = {"path": shown, "hashes": hashes}
+    rec.write_run(run_dir, record)
+    return ExportResult(path, target, hashes)

@@ -1,0 +1,294 @@
+"""The training loop of one stage: read `train_stage` top to bottom.
+
+Everything random in a step is drawn from generators keyed by (seed, stage, step, sample), and
+the data order from (seed, stage, epoch), so a resumed run repeats exactly what the
+uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tagtune.errors import TrainingError
+from tagtune.recipe import StageConfig, TrainConfig
+from tagtune.train.data import (
+    Example,
+    LatentSource,
+    epoch_batches,
+    group_steps,
+    rank_share,
+    sample_draws,
+    steps_per_epoch,
+)
+from tagtune.train.loss import diffusion_loss, training_scheduler
+from tagtune.train.monitor import Monitor
+from tagtune.train.optim import (
+    TRAINABLE,
+    attach_fused_step,
+    build_optimizer,
+    lr_factor,
+    set_lr,
+    trainable_modules,
+    warmup_steps,
+)
+from tagtune.train.runtime import Runtime
+from tagtune.train.state import load_state, prune_states, rng_snapshot, save_state
+from tagtune.train.te_cache import Encoder
+
+
+@dataclass
+class StageJob:
+    """Everything one stage needs: model, data, settings, where to write, where to resume from."""
+
+    components: Any
+    stage: StageConfig
+    stage_index: int
+    train: TrainConfig
+    examples: list[Example]
+    latents: LatentSource
+    stage_dir: Path
+    runtime: Runtime
+    resume_from: Path | None = None
+    monitor: Monitor | None = None
+    encode_fn: Callable | None = None
+    on_epoch_end: Callable[[int, int], None] | None = None
+    prediction_type: str = "epsilon"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageResult:
+    """How a stage ended: steps done, last epoch's mean loss, the final state folder."""
+
+    steps: int
+    final_loss: float | None
+    final_state: Path
+
+
+def train_stage(job: StageJob) -> StageResult:
+    """Train one stage to its last epoch (or from a resumable state), writing states as it goes."""
+    rt, stage, cfg = job.runtime, job.stage, job.train
+    monitor = job.monitor or Monitor(None, enabled=False)
+    # Setup: modules with lr 0 are frozen and left out; each trained module is its own group
+    modules = {n: getattr(job.components, n) for n in TRAINABLE}
+    trained = trainable_modules(modules, stage)
+    if not trained:
+        raise TrainingError(f"stage {stage.name!r}: every learning rate is 0, nothing to train")
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(trained)
+    optimizer = build_optimizer(trained, stage, rt.device)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    fused = fused_backward(cfg, stage, rt)
+    scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
+    noise_scheduler = training_scheduler(job.components.scheduler_config, job.prediction_type)
+    encoder = Encoder(job.components, stage, job.encode_fn)
+    per_epoch = steps_per_epoch(job.examples, stage, rt.world_size)
+    total = per_epoch * stage.epochs
+    warmup = warmup_steps(stage, total)
+    kill_at = int(os.environ.get("TAGTUNE_KILL_AT_STEP", "0"))
+    # Start at step 0, or where the resumed state left off (weights, optimizer, RNG, scaler)
+    step, saved, final_loss, epoch_loss = 0, -1, None, []
+    if job.resume_from is not None:
+        meta = load_state(job.resume_from, trained, optimizer, rt.rank)
+        check_resumable(meta, per_epoch, job.resume_from)
+        step, saved, final_loss = meta["step"], meta["step"], meta["final_loss"]
+        epoch_loss = list(meta["epoch_losses"])
+        if scaler is not None and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+    hooks = attach_fused_step(optimizer, stage.max_grad_norm) if fused else []
+    monitor.start(stage.name, total, step)
+    for epoch in range(step // per_epoch, stage.epochs):
+        batches = epoch_batches(
+            job.examples, stage.batch_size * rt.world_size, stage.repeats,
+            cfg.seed, job.stage_index, epoch,
+        )  # fmt: skip
+        steps = group_steps(batches, stage.gradient_accumulation)
+        for i in range(step - epoch * per_epoch, per_epoch):
+            # Learning rate of this step, from the closed-form schedule
+            lrs = set_lr(
+                optimizer, lr_factor(stage.scheduler, step, total, warmup, stage.scheduler_cycles)
+            )
+            # Forward and backward per micro-batch; losses are sums over the global batch
+            loss = 0.0
+            for m, batch in enumerate(steps[i]):
+                key = (cfg.seed, job.stage_index, step, m)
+                loss += forward_backward(
+                    job, encoder, noise_scheduler, batch, key, len(steps[i]), scaler, fused
+                )
+            # Sum gradients over processes; a NaN/inf loss stops before touching the weights
+            loss = rt.sum_gradients(params, loss)
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"loss is {loss} at step {step + 1} of stage {stage.name!r}; the last good "
+                    f"state is kept", field="loss", value=loss,
+                )  # fmt: skip
+            # Clip, step, clear (a fused backward pass has stepped every parameter already)
+            if not fused:
+                optimizer_step(optimizer, params, scaler, stage.max_grad_norm)
+            step += 1
+            epoch_loss.append(loss)
+            monitor.step(step, epoch + 1, loss, lrs, sum(len(b) for b in steps[i]))
+            if step == kill_at:  # crash test hook: die like a power cut would
+                os.kill(os.getpid(), signal.SIGKILL)
+            # Resumable state every N steps
+            if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0:
+                losses = {"final_loss": final_loss, "epoch_losses": epoch_loss}
+                saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses)
+        # End of epoch: resumable state, samples and optional export
+        final_loss = sum(epoch_loss) / len(epoch_loss) if epoch_loss else final_loss
+        epoch_loss = []
+        last = epoch + 1 == stage.epochs
+        if saved != step and ((epoch + 1) % cfg.save_every_n_epochs == 0 or last):
+            losses = {"final_loss": final_loss, "epoch_losses": []}
+            saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses)
+        if job.on_epoch_end is not None and rt.is_main:
+            job.on_epoch_end(epoch + 1, step)
+    monitor.close()
+    for h in hooks:
+        h.remove()
+    for m in trained.values():
+        m.requires_grad_(False).eval()
+    return StageResult(step, final_loss, job.stage_dir / "states" / f"step-{step}")
+
+
+def forward_backward(
+    job: StageJob,
+    encoder: Encoder,
+    noise_scheduler: Any,
+    batch: list[int],
+    key: tuple[int, int, int, int],
+    micro_batches: int,
+    scaler: Any,
+    fused: bool = False,
+) -> float:
+    """Loss of this process's share of one global batch, backpropagated; returns its value.
+
+    The loss is sum(per-sample loss) / (global batch size x micro-batches), so summing over
+    processes and micro-batches gives the mean over the optimizer step's samples.
+    """
+    rt = job.runtime
+    offset, share = rank_share(batch, rt.rank, rt.world_size)
+    if not share:
+        return 0.0
+    items = [job.examples[i] for i in share]
+    records = [e.record for e in items]
+    dtype = next(job.components.unet.parameters()).dtype  # fp32, or bf16 weights
+    latents = job.latents.load(records).to(rt.device, dtype)
+    time_ids = job.latents.time_ids(records).to(rt.device, dtype)
+    draws = sample_draws(items, offset, tuple(latents.shape[1:]), job.stage, key)
+    with rt.autocast():
+        embeds, pooled = encoder(draws.captions)
+        per_sample = diffusion_loss(
+            job.components.unet,
+            noise_scheduler,
+            latents,
+            draws.noise.to(rt.device, dtype),
+            draws.timesteps.to(rt.device),
+            embeds,
+            pooled,
+            time_ids,
+            job.stage.min_snr_gamma,
+        )
+    loss = per_sample.sum() / (len(batch) * micro_batches)
+    value = float(loss.detach())
+    if fused and not math.isfinite(value):  # backward would step the weights: stop first
+        raise TrainingError(
+            f"loss is {value} at step {key[2] + 1} of stage {job.stage.name!r}; the last "
+            "good state is kept", field="loss", value=value,
+        )  # fmt: skip
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    return value
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, params: list[Any], scaler: Any, max_grad_norm: float
+) -> None:
+    """Unscale (fp16), clip the global gradient norm, step, and clear the gradients."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def checkpoint(
+    job: StageJob,
+    trained: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    step: int,
+    per_epoch: int,
+    losses: dict[str, Any],
+) -> int:
+    """Write a resumable state at `step` (main process), prune old ones, and wait for all."""
+    rngs = job.runtime.gather(rng_snapshot())
+    if job.runtime.is_main:
+        meta = {
+            "stage": job.stage.name,
+            "stage_index": job.stage_index,
+            "step": step,
+            "epoch": step // per_epoch,
+            "batch_in_epoch": step % per_epoch,
+            "steps_per_epoch": per_epoch,
+            "world_size": job.runtime.world_size,
+            **losses,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        }
+        states = job.stage_dir / "states"
+        path = save_state(states, step, trained, optimizer, meta, rngs)
+        prune_states(states, job.train.keep_last, protect=path)
+    job.runtime.barrier()
+    return step
+
+
+def check_resumable(meta: dict[str, Any], per_epoch: int, path: Path) -> None:
+    """A state only continues the run that wrote it: the steps per epoch must not change."""
+    if meta["steps_per_epoch"] != per_epoch:
+        raise TrainingError(
+            f"the state was written with {meta['steps_per_epoch']} steps per epoch, the recipe "
+            f"and data now give {per_epoch} (batch size, repeats, subset or processes changed)",
+            file=path, hint="restore the settings, or remove the stage folder to start over",
+        )  # fmt: skip
+
+
+def fused_backward(cfg: TrainConfig, stage: StageConfig, rt: Runtime) -> bool:
+    """Whether to step inside the backward pass; a TrainingError where that cannot work."""
+    if not cfg.fused_backward:
+        return False
+    problems = [
+        f"optimizer = {stage.optimizer!r}" if stage.optimizer != "adafactor" else "",
+        f"gradient_accumulation = {stage.gradient_accumulation}"
+        if stage.gradient_accumulation > 1
+        else "",
+        f"{rt.world_size} processes" if rt.world_size > 1 else "",
+        "mixed_precision = 'fp16'" if cfg.mixed_precision == "fp16" else "",
+    ]
+    if any(problems):
+        raise TrainingError(
+            f"fused_backward needs adafactor, gradient_accumulation 1, one process and no fp16 "
+            f"loss scaling, but stage {stage.name!r} has {', '.join(p for p in problems if p)}",
+            field="train.fused_backward", value=True,
+        )  # fmt: skip
+    return True
+
+
+def enable_gradient_checkpointing(trained: dict[str, torch.nn.Module]) -> None:
+    """Recompute activations in backward for every trained module (U-Net and encoders)."""
+    for module in trained.values():
+        if hasattr(module, "enable_gradient_checkpointing"):
+            module.enable_gradient_checkpointing()
+        elif hasattr(module, "gradient_checkpointing_enable"):
+            module.gradient_checkpointing_enable()

@@ -1,0 +1,73 @@
+"""What a user watches during training: a rich progress bar and TensorBoard logs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+class Monitor:
+    """Progress bar (stage, epoch, step, loss, lr, s/it, ETA) and TensorBoard scalars.
+
+    Only the main process shows and writes anything; `progress=False` keeps tests quiet.
+    """
+
+    def __init__(self, log_dir: Path | None, enabled: bool = True, progress: bool = True) -> None:
+        self.enabled = enabled
+        self.writer = None
+        self.bar = None
+        self.task = None
+        self.last = time.perf_counter()
+        if not enabled:
+            return
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+        if progress:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+
+    def start(self, stage: str, total: int, done: int) -> None:
+        """Begin a stage of `total` steps, `done` of them already done (resume)."""
+        self.last = time.perf_counter()
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task(stage, total=total, completed=done, info="")
+
+    def step(self, step: int, epoch: int, loss: float, lrs: dict[str, float], images: int) -> None:
+        """Record one optimizer step."""
+        if not self.enabled:
+            return
+        t = time.perf_counter()
+        dt, self.last = t - self.last, t
+        if self.writer is not None:
+            self.writer.add_scalar("loss", loss, step)
+            for name, lr in lrs.items():
+                self.writer.add_scalar(f"lr/{name}", lr, step)
+            self.writer.add_scalar("images_per_s", images / max(dt, 1e-9), step)
+        if self.bar is not None and self.task is not None:
+            lr = next(iter(lrs.values()), 0.0)
+            info = f"epoch {epoch} step {step} loss {loss:.4f} lr {lr:.2e} {dt:.2f} s/it"
+            self.bar.update(self.task, completed=step, info=info)
+
+    def close(self) -> None:
+        """Stop the bar and flush the logs."""
+        if self.bar is not None:
+            self.bar.stop()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,80 @@
+"""`tagtune train --dry-run`: steps per stage and a GPU memory estimate, without a model.
+
+Steps come from the latent cache when there is exactly one (bucketed batches, as training
+counts them); otherwise from caption counts alone (one bucket assumed), which is said.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tagtune.catalog import check_subset, open_catalog, subset_where
+from tagtune.train.data import steps_per_epoch
+from tagtune.train.memory import estimate_memory
+from tagtune.train.optim import warmup_steps
+from tagtune.workspace import Workspace
+
+
+def _only_cache(ws: Workspace) -> Any:
+    folders = sorted((ws.cache_dir / "latents").glob("vae-*"))
+    if len(folders) != 1:
+        return None
+    from tagtune.latents import open_latent_cache
+
+    try:
+        return open_latent_cache(ws.cache_dir, folders[0].name.removeprefix("vae-"))
+    except Exception:
+        return None
+
+
+def dry_run(ws: Workspace, latents: Any = None, world_size: int = 1) -> dict[str, Any]:
+    """Per stage: images, steps per epoch, steps, warm-up, and the memory estimate (GiB)."""
+    from tagtune.train.stages import load_examples
+
+    recipe = ws.recipe()
+    latents = latents if latents is not None else _only_cache(ws)
+    stages = []
+    for st in recipe.train.stages:
+        if latents is not None:
+            examples, _ = load_examples(ws, st, latents, recipe.buckets.flip)
+            images = len({e.post_id for e in examples})
+            per_epoch = steps_per_epoch(examples, st, world_size)
+            source = "latent cache"
+        else:
+            images = 0
+            if ws.catalog_path.exists():
+                with open_catalog(ws.catalog_path, read_only=True) as con:
+                    check_subset(con, st.subset)
+                    images = con.execute(
+                        "SELECT count(*) FROM captions c JOIN posts ON posts.id = c.post_id "
+                        f"WHERE {subset_where(st.subset)}"
+                    ).fetchone()[0]
+            batches = math.ceil(images * st.repeats / (st.batch_size * world_size))
+            per_epoch = math.ceil(batches / st.gradient_accumulation)
+            source = "captions (no latent cache: one bucket assumed)"
+        total = per_epoch * st.epochs
+        mem = estimate_memory(st, recipe.train, sampling=bool(recipe.train.sample_every_n_epochs))
+        stages.append(
+            {
+                "name": st.name,
+                "subset": st.subset,
+                "images": images,
+                "epochs": st.epochs,
+                "steps_per_epoch": per_epoch,
+                "steps": total,
+                "warmup_steps": warmup_steps(st, total),
+                "optimizer": st.optimizer,
+                "steps_from": source,
+                "memory_gib_estimate": mem.to_json(),
+            }
+        )
+    return {
+        "run": recipe.train.run,
+        "mixed_precision": recipe.train.mixed_precision,
+        "gradient_checkpointing": recipe.train.gradient_checkpointing,
+        "resolution": "1024x1024",
+        "stages": stages,
+        "total_steps": sum(s["steps"] for s in stages),
+        "note": "memory figures are estimates for the real SDXL at 1024x1024, per GPU",
+    }

@@ -1,0 +1,115 @@
+"""Processes and devices: one process, or several under `accelerate launch` (DDP-style).
+
+accelerate's PartialState sets up the process group (NCCL on GPUs, gloo on CPUs) from the
+launcher's environment. The modules are not wrapped: after each optimizer step's backward
+passes, gradients are summed over processes here (every process's loss is already divided by
+the global batch), which is what DDP does, and keeps the modules plain for conditioning,
+sampling and saving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tagtune.errors import DependencyError
+
+BUCKET = 1 << 24  # elements per gradient all-reduce
+
+
+@dataclass
+class Runtime:
+    """Where this process runs and how it talks to the others."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    mixed_precision: str = "no"
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files."""
+        return self.rank == 0
+
+    def autocast(self):
+        """Autocast context for the forward pass under bf16/fp16 mixed precision."""
+        if self.mixed_precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def sum_gradients(self, params: list[torch.nn.Parameter], loss: float) -> float:
+        """Sum gradients and the loss over processes (no-op for one process); return the loss.
+
+        Gradients go in buckets of about BUCKET elements, so the extra memory stays small.
+        """
+        if self.world_size == 1:
+            return loss
+        import torch.distributed as dist
+
+        bucket: list[torch.nn.Parameter] = []
+        size = 0
+        for i, p in enumerate(params):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            bucket.append(p)
+            size += p.numel()
+            if size >= BUCKET or i == len(params) - 1:
+                flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                offset = 0
+                for q in bucket:
+                    q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
+                    offset += q.numel()
+                bucket, size = [], 0
+        total = torch.tensor([loss], device=self.device, dtype=torch.float64)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return float(total)
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's `obj`, in rank order (on every process)."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def make_runtime(mixed_precision: str) -> Runtime:
+    """The runtime of this process; bf16/fp16 on a machine without CUDA is a DependencyError."""
+    if mixed_precision != "no" and not torch.cuda.is_available():
+        raise DependencyError(
+            "mixed precision needs a CUDA GPU",
+            field="train.mixed_precision",
+            value=mixed_precision,
+            allowed='"no" on this machine',
+        )
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    kind = str(state.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("DEEPSPEED", "FSDP"):
+        raise DependencyError(
+            "this launch mode is not supported by tagtune's loop yet",
+            field="distributed_type",
+            value=kind,
+            allowed="single process or DDP (accelerate launch --multi_gpu); see docs/multi-gpu.md",
+        )
+    return Runtime(
+        device=torch.device(state.device),
+        rank=state.process_index,
+        world_size=state.num_processes,
+        mixed_precision=mixed_precision,
+    )

@@ -1,0 +1,118 @@
+"""Sample images during training: seeded, PNG with A1111 infotext, and a grid per epoch.
+
+Built from the in-memory components (no copy of the weights) with an Euler scheduler; prompts
+are encoded with tagtune's own SDXL conditioning (A1111 long-prompt chunking).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tagtune.recipe import Recipe, StageConfig, TrainConfig
+from tagtune.workspace import Workspace
+
+CFG_SCALE = 7.0
+
+
+@torch.no_grad()
+def sample_images(
+    components: Any, cfg: TrainConfig, out_dir: Path, label: str, seed: int | None = None
+) -> list[Path]:
+    """One PNG per `cfg.sample_prompts` (seed = train seed + prompt index) and `grid.png`."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from tagtune.conditioning import encode_prompts
+    from tagtune.infotext import Infotext, write_png
+
+    pipe = StableDiffusionXLPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        text_encoder_2=components.text_encoder_2,
+        tokenizer=components.tokenizer,
+        tokenizer_2=components.tokenizer_2,
+        unet=components.unet,
+        scheduler=EulerDiscreteScheduler.from_config(components.scheduler_config),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    width, height = cfg.sample_size
+    base_seed = cfg.seed if seed is None else seed
+    paths, images = [], []
+    for i, prompt in enumerate(cfg.sample_prompts):
+        embeds, pooled = encode_prompts(components, [prompt, cfg.sample_negative])
+        gen = torch.Generator(device="cpu").manual_seed(base_seed + i)
+        image = pipe(
+            prompt_embeds=embeds[:1],
+            pooled_prompt_embeds=pooled[:1],
+            negative_prompt_embeds=embeds[1:],
+            negative_pooled_prompt_embeds=pooled[1:],
+            width=width,
+            height=height,
+            num_inference_steps=cfg.sample_steps,
+            guidance_scale=CFG_SCALE,
+            generator=gen,
+        ).images[0]
+        info = Infotext(
+            prompt=prompt,
+            negative=cfg.sample_negative,
+            steps=cfg.sample_steps,
+            sampler="euler",
+            cfg=CFG_SCALE,
+            seed=base_seed + i,
+            width=width,
+            height=height,
+            model=label,
+        )
+        paths.append(write_png(image, out_dir / f"{i:02d}.png", info))
+        images.append(image)
+    if images:
+        paths.append(save_grid(images, out_dir / "grid.png"))
+    return paths
+
+
+def save_grid(images: list[Any], path: Path) -> Path:
+    """Paste images into a near-square grid PNG (atomically)."""
+    from PIL import Image
+
+    from tagtune.atomic import atomic_path
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h))
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+    return path
+
+
+def epoch_hook(
+    ws: Workspace, recipe: Recipe, components: Any, stage: StageConfig, stage_dir: Path
+) -> Callable[[int, int], None]:
+    """What runs after each epoch on the main process: samples every N epochs, optional export."""
+    cfg = recipe.train
+
+    def hook(epoch: int, step: int) -> None:
+        if (
+            cfg.sample_every_n_epochs
+            and cfg.sample_prompts
+            and epoch % cfg.sample_every_n_epochs == 0
+        ):
+            label = f"{recipe.project.name}-{stage.name}-e{epoch}"
+            sample_images(components, cfg, stage_dir / "samples" / f"epoch-{epoch:03d}", label)
+        if cfg.export_every_epoch:
+            from tagtune.train.export import export_components
+
+            out = (
+                stage_dir
+                / "exports"
+                / f"{recipe.project.name}-{stage.name}-e{epoch:03d}.safetensors"
+            )
+            export_components(components, out, recipe, dtype=recipe.export.dtype)
+
+    return hook

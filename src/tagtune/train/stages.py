@@ -1,0 +1,241 @@
+"""Running the recipe's stages in order: each starts from the previous stage's final weights.
+
+`run_training(ws)` runs every pending stage; `stage=` runs one. Completed stages are not run
+again; their final states are loaded in order to rebuild the starting weights of the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tagtune.catalog import check_subset, open_catalog, subset_where
+from tagtune.errors import TrainingError, WorkspaceError
+from tagtune.recipe import Recipe, StageConfig
+from tagtune.train import records as rec
+from tagtune.train.data import Example, steps_per_epoch
+from tagtune.train.optim import TRAINABLE, warmup_steps
+from tagtune.train.state import latest_state, load_weights
+from tagtune.workspace import Workspace
+
+
+@dataclass
+class TrainSummary:
+    """What `run_training` did: stages run, skipped, messages, and where the run lives."""
+
+    run_dir: Path
+    ran: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary for the CLI."""
+        return {
+            "run_dir": str(self.run_dir),
+            "ran": self.ran,
+            "skipped": self.skipped,
+            "notes": self.notes,
+        }
+
+
+def load_examples(ws: Workspace, stage: StageConfig, latents: Any, flip: bool = False):
+    """Examples of a stage's subset that have a caption and a cached latent; (examples, missing)."""
+    with open_catalog(ws.catalog_path, read_only=True) as con:
+        check_subset(con, stage.subset)
+        rows = con.execute(
+            "SELECT c.post_id, c.caption, c.tags FROM captions c JOIN posts ON posts.id = c.post_id "
+            f"WHERE {subset_where(stage.subset)} ORDER BY c.post_id"
+        ).fetchall()
+    captions = {pid: (cap, tuple(tags or ())) for pid, cap, tags in rows}
+    records = latents.records(list(captions), include_flipped=flip)
+    examples = [
+        Example(r.post_id, captions[r.post_id][0], captions[r.post_id][1], tuple(r.bucket), r)
+        for r in records
+    ]
+    missing = len(set(captions) - {e.post_id for e in examples})
+    return examples, missing
+
+
+def captions_sha256(examples: list[Example]) -> str:
+    """sha256 of the stage's (post id, caption) lines: which captions this stage saw."""
+    h = hashlib.sha256()
+    for pid, cap in sorted({(e.post_id, e.caption) for e in examples}):
+        h.update(f"{pid}\t{cap}\n".encode())
+    return h.hexdigest()
+
+
+def base_model_info(ws: Workspace, recipe: Recipe, components: Any) -> dict[str, str]:
+    """Path and hashes of the base model (empty hashes for in-memory models)."""
+    path = ws.root / recipe.model.base if recipe.model.base else None
+    if path is not None and path.is_file():
+        from tagtune.hashes import file_hashes
+
+        h = file_hashes(path)
+        return {"path": recipe.model.base, "sha256": h["sha256"], "autov2": h["autov2"]}
+    return {
+        "path": recipe.model.base or getattr(components, "source", ""),
+        "sha256": "",
+        "autov2": "",
+    }
+
+
+def load_base(ws: Workspace, recipe: Recipe) -> Any:
+    """The recipe's base model (single file or diffusers folder)."""
+    if not recipe.model.base:
+        raise WorkspaceError(
+            "no base model in the recipe", file=ws.recipe_path, field="model.base",
+            hint="set model.base to an SDXL .safetensors file or diffusers folder",
+        )  # fmt: skip
+    from tagtune.models.load import load_model
+
+    tokenizers = str(ws.root / recipe.model.tokenizers) if recipe.model.tokenizers else None
+    return load_model(ws.root / recipe.model.base, tokenizers=tokenizers)
+
+
+def open_latents(ws: Workspace, components: Any) -> Any:
+    """The workspace's latent cache for this model's VAE."""
+    from tagtune.latents import open_latent_cache, vae_fingerprint
+
+    return open_latent_cache(ws.cache_dir, vae_fingerprint(components.vae))
+
+
+def apply_stage_weights(components: Any, final_state: str | Path) -> None:
+    """Load a finished stage's trained modules into the components (the stage chain)."""
+    for name in TRAINABLE:
+        load_weights(Path(final_state), name, getattr(components, name))
+
+
+def plan_stages(recipe: Recipe, stage: str | None) -> list[int]:
+    """Indices of the stages to run: all, or up to and including the named one."""
+    if stage is None:
+        return list(range(len(recipe.train.stages)))
+    names = [s.name for s in recipe.train.stages]
+    recipe.stage(stage)  # RecipeError listing the names
+    return [names.index(stage)]
+
+
+def run_training(
+    ws: Workspace,
+    stage: str | None = None,
+    resume: bool = False,
+    components: Any = None,
+    latents: Any = None,
+    progress: bool = True,
+    encode_fn: Any = None,
+) -> TrainSummary:
+    """Run the pending stages of the workspace's recipe (or one), resuming when asked.
+
+    `components` and `latents` default to the recipe's base model and the workspace's latent
+    cache; tests pass a tiny model and in-memory latents.
+    """
+    from tagtune.train.loop import StageJob, train_stage
+    from tagtune.train.monitor import Monitor
+    from tagtune.train.runtime import make_runtime
+    from tagtune.train.sampling import epoch_hook
+
+    recipe = ws.recipe()
+    cfg = recipe.train
+    runtime = make_runtime(cfg.mixed_precision)
+    components = components if components is not None else load_base(ws, recipe)
+    for module in components.modules().values():
+        module.to(runtime.device).requires_grad_(False).eval()
+        if cfg.weight_dtype == "bf16":
+            module.to(torch.bfloat16)
+    run_dir = ws.runs_dir / cfg.run
+    record = rec.read_run(run_dir) or rec.new_run(
+        cfg.run, recipe, base_model_info(ws, recipe, components)
+    )
+    order = [s.name for s in cfg.stages]
+    wanted = plan_stages(recipe, stage)
+    summary = TrainSummary(run_dir)
+    for index, st in enumerate(cfg.stages):
+        if index > wanted[-1]:
+            break
+        entry = rec.find_stage(record, st.name)
+        if entry and entry["status"] == "complete":
+            apply_stage_weights(components, ws.root / entry["final_state"])
+            summary.skipped.append(st.name)
+            if index in wanted and stage is not None:
+                summary.notes.append(f"stage {st.name!r} is already complete")
+            continue
+        if index not in wanted:
+            raise TrainingError(
+                f"stage {stage!r} starts from stage {st.name!r}, which is not complete",
+                hint=f"run `tagtune train {ws.root} --stage {st.name}` first",
+            )
+        stage_dir = run_dir / st.name
+        resume_from, notes = latest_state(stage_dir / "states")
+        summary.notes += notes
+        if resume_from is not None and not resume:
+            raise TrainingError(
+                f"stage {st.name!r} has resumable states ({resume_from.name})",
+                file=stage_dir, hint="continue with --resume, or remove the folder to start over",
+            )  # fmt: skip
+        if resume_from is not None:
+            summary.notes.append(f"stage {st.name!r}: resuming from {resume_from.name}")
+        latents = latents if latents is not None else open_latents(ws, components)
+        examples, missing = load_examples(ws, st, latents, recipe.buckets.flip)
+        if missing:
+            summary.notes.append(
+                f"stage {st.name!r}: {missing} captioned posts have no cached latent"
+            )
+        if not examples:
+            raise TrainingError(
+                f"stage {st.name!r}: no training images (subset {st.subset!r})",
+                hint="run `tagtune caption` and `tagtune prepare` first",
+            )  # fmt: skip
+        per_epoch = steps_per_epoch(examples, st, runtime.world_size)
+        entry = {
+            **rec.stage_record(
+                st,
+                images=len({e.post_id for e in examples}),
+                steps_per_epoch=per_epoch,
+                warmup_steps=warmup_steps(st, per_epoch * st.epochs),
+                captions_sha256=captions_sha256(examples),
+                latents_vae=getattr(latents, "vae_hash", ""),
+            ),
+            **({k: entry[k] for k in ("started_at", "seconds")} if entry and resume_from else {}),
+        }
+        entry["status"] = "running"
+        if runtime.is_main:
+            rec.put_stage(record, entry, order)
+            rec.write_run(run_dir, record)
+        job = StageJob(
+            components=components, stage=st, stage_index=index, train=cfg, examples=examples,
+            latents=latents, stage_dir=stage_dir, runtime=runtime, resume_from=resume_from,
+            monitor=Monitor(stage_dir / "logs", enabled=runtime.is_main, progress=progress),
+            encode_fn=encode_fn, prediction_type=recipe.model.prediction_type,
+            on_epoch_end=epoch_hook(ws, recipe, components, st, stage_dir),
+        )  # fmt: skip
+        start = time.perf_counter()
+        try:
+            result = train_stage(job)
+        except BaseException:
+            entry["status"] = "failed"
+            entry["seconds"] = round(entry["seconds"] + time.perf_counter() - start, 3)
+            if runtime.is_main:
+                rec.write_run(run_dir, record)
+            raise
+        finally:
+            job.monitor.close()
+        entry.update(
+            status="complete",
+            finished_at=rec.now(),
+            seconds=round(entry["seconds"] + time.perf_counter() - start, 3),
+            final_loss=result.final_loss,
+            final_state=result.final_state.relative_to(ws.root).as_posix(),
+        )
+        if runtime.is_main:
+            rec.write_run(run_dir, record)
+        summary.ran.append(
+            {
+                k: entry[k]
+                for k in ("name", "images", "steps", "seconds", "final_loss", "final_state")
+            }
+        )
+    return summary

@@ -1,0 +1,180 @@
+"""Resumable training state: safetensors + JSON only (never pickle), written atomically.
+
+A state folder `states/step-<N>/` holds
+- `<module>.safetensors` for every trained module (U-Net, text encoders),
+- `optimizer.safetensors` (every tensor of the optimizer state) + `optimizer.json` (the rest),
+- `rng.safetensors` (torch/cuda RNG of every process) + `state.json` (counters, data position,
+  schedule step, grad scaler, numpy and python RNG of every process),
+- `COMPLETE`, written last by `tagtune.atomic.atomic_dir`; a folder without it is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from tagtune.atomic import atomic_dir
+from tagtune.errors import TrainingError
+
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON-able values."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, dict[str, Any]] = {}
+    for pid, entry in sd["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                rest.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "state": rest}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `flatten_optimizer`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, entry in meta["state"].items():
+        state.setdefault(int(pid), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_snapshot() -> dict[str, Any]:
+    """RNG state of this process: torch, cuda, numpy and python."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def restore_rng(snap: dict[str, Any]) -> None:
+    """Put back an RNG snapshot taken by `rng_snapshot` (in this process)."""
+    torch.set_rng_state(snap["torch"])
+    if snap["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(snap["cuda"])
+    n = snap["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    p = snap["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def save_state(
+    states_dir: Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    rngs: list[dict[str, Any]],
+) -> Path:
+    """Write `states_dir/step-<step>/` atomically (temp folder, fsync, rename, marker)."""
+    target = Path(states_dir) / f"step-{step}"
+    with atomic_dir(target, MARKER) as tmp:
+        for name, module in modules.items():
+            sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(sd, tmp / f"{name}.safetensors")
+        tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        rng_tensors: dict[str, torch.Tensor] = {}
+        rng_json = []
+        for rank, snap in enumerate(rngs):
+            rng_tensors[f"{rank}.torch"] = snap["torch"]
+            for d, s in enumerate(snap["cuda"]):
+                rng_tensors[f"{rank}.cuda.{d}"] = s
+            rng_json.append({"numpy": snap["numpy"], "python": snap["python"]})
+        save_file(rng_tensors, tmp / "rng.safetensors")
+        (tmp / "state.json").write_text(json.dumps({**meta, "rng": rng_json}, indent=1))
+    return target
+
+
+def load_state(
+    path: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer | None,
+    rank: int = 0,
+) -> dict[str, Any]:
+    """Load a state into the modules (and optimizer); restore this rank's RNG; return its meta."""
+    path = Path(path)
+    for name, module in modules.items():
+        load_weights(path, name, module)
+    meta = json.loads((path / "state.json").read_text())
+    if optimizer is not None:
+        opt_meta = json.loads((path / "optimizer.json").read_text())
+        optimizer.load_state_dict(
+            unflatten_optimizer(load_file(path / "optimizer.safetensors"), opt_meta)
+        )
+    rng_tensors = load_file(path / "rng.safetensors")
+    if f"{rank}.torch" in rng_tensors and rank < len(meta["rng"]):
+        cuda = sorted(k for k in rng_tensors if k.startswith(f"{rank}.cuda."))
+        restore_rng(
+            {
+                "torch": rng_tensors[f"{rank}.torch"],
+                "cuda": [rng_tensors[k] for k in cuda],
+                **meta["rng"][rank],
+            }
+        )
+    return meta
+
+
+def load_weights(path: Path, name: str, module: torch.nn.Module) -> bool:
+    """Load `<name>.safetensors` of a state into `module` if the state has it (strict keys)."""
+    file = Path(path) / f"{name}.safetensors"
+    if not file.is_file():
+        return False
+    missing, unexpected = module.load_state_dict(load_file(file), strict=False)
+    if missing or unexpected:
+        raise TrainingError(
+            f"state does not fit the model ({len(missing)} missing, {len(unexpected)} unexpected keys)",
+            file=file,
+        )
+    return True
+
+
+def list_states(states_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(complete states oldest first, incomplete ones) under `states_dir`."""
+    complete, incomplete = [], []
+    if not Path(states_dir).is_dir():
+        return complete, incomplete
+    found = []
+    for p in Path(states_dir).iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+        elif p.name.startswith(".step-") and p.is_dir():
+            incomplete.append(p)
+    for _, p in sorted(found):
+        (complete if (p / MARKER).is_file() else incomplete).append(p)
+    return complete, incomplete
+
+
+def latest_state(states_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest complete state, and one message per incomplete folder skipped."""
+    complete, incomplete = list_states(states_dir)
+    notes = [f"skipping incomplete state {p} (no {MARKER} marker)" for p in incomplete]
+    return (complete[-1] if complete else None), notes
+
+
+def prune_states(states_dir: Path, keep_last: int, protect: Path | None = None) -> list[Path]:
+    """Remove all but the newest `keep_last` complete states (and leftover temp folders)."""
+    complete, incomplete = list_states(states_dir)
+    doomed = [p for p in complete[:-keep_last] if p != protect]
+    doomed += [p for p in incomplete if p.name.startswith(".")]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
