@@ -192,6 +192,27 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
         assert torch.equal(v, opt2.state_dict()["state"][0][k])
 
 
+def test_optimizer_state_with_nested_tensors_round_trips(tmp_path):
+    """bitsandbytes keeps quantization maps and absmax tensors beside the moments (GPU finding)."""
+    from safetensors.torch import load_file, save_file
+
+    sd = {
+        "state": {0: {"step": 3.0, "state1": torch.arange(4, dtype=torch.uint8),
+                      "qmaps": [torch.ones(2), {"absmax": torch.full((1,), 0.5)}]}},
+        "param_groups": [{"params": [0], "lr": 0.1, "betas": [0.9, 0.99], "qmap": torch.zeros(3)}],
+    }  # fmt: skip
+    tensors, meta = flatten_optimizer(sd)
+    save_file(tensors, tmp_path / "o.safetensors")
+    (tmp_path / "o.json").write_text(json.dumps(meta))
+    back = unflatten_optimizer(
+        load_file(tmp_path / "o.safetensors"), json.loads((tmp_path / "o.json").read_text())
+    )
+    assert back["state"][0]["step"] == 3.0
+    assert torch.equal(back["state"][0]["state1"], sd["state"][0]["state1"])
+    assert torch.equal(back["state"][0]["qmaps"][1]["absmax"], torch.full((1,), 0.5))
+    assert torch.equal(back["param_groups"][0]["qmap"], torch.zeros(3))
+
+
 def test_incomplete_states_are_skipped_with_a_message_and_pruned(tmp_path):
     states = tmp_path / "states"
     for step in (2, 4, 6):

@@ -28,28 +28,46 @@ MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+def _split_tensors(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace every tensor inside `value` (dicts, lists, tuples) by a reference into `tensors`."""
+    if torch.is_tensor(value):
+        tensors[path] = value.detach().contiguous().cpu()
+        return {"__tensor__": path}
+    if isinstance(value, dict):
+        return {str(k): _split_tensors(v, f"{path}.{k}", tensors) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_split_tensors(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]
+    return value
+
+
+def _join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            return tensors[value["__tensor__"]]
+        return {k: _join_tensors(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join_tensors(v, tensors) for v in value]
+    return value
+
+
 def flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state_dict into tensors (for safetensors) and JSON-able values."""
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON-able values.
+
+    Tensors may sit anywhere (bitsandbytes keeps quantization maps and absmax beside the
+    moments); each is stored under its path and referenced from the JSON side.
+    """
     tensors: dict[str, torch.Tensor] = {}
-    rest: dict[str, dict[str, Any]] = {}
-    for pid, entry in sd["state"].items():
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                rest.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "state": rest}
+    state = {
+        str(pid): _split_tensors(entry, str(pid), tensors) for pid, entry in sd["state"].items()
+    }
+    groups = _split_tensors(sd["param_groups"], "param_groups", tensors)
+    return tensors, {"param_groups": groups, "state": state}
 
 
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `flatten_optimizer`."""
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    for pid, entry in meta["state"].items():
-        state.setdefault(int(pid), {}).update(entry)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    state = {int(pid): _join_tensors(entry, tensors) for pid, entry in meta["state"].items()}
+    return {"state": state, "param_groups": _join_tensors(meta["param_groups"], tensors)}
 
 
 def rng_snapshot() -> dict[str, Any]:
