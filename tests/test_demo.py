@@ -1,0 +1,38 @@
+"""The README's main job: `tagtune demo` runs the whole pipeline end to end (reduced size)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from tagtune.cli.main import app
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    result = CliRunner().invoke(app, ["demo", str(tmp_path / "demo"), "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    paths = {k: tmp_path.joinpath(v) for k, v in out["paths"].items()}
+    for name in ("catalog", "captions", "model", "model card", "grid"):
+        assert paths[name].is_file(), name
+
+    facts = out["facts"]
+    assert facts["ingest"]["problems"], "the demo collection carries broken files"
+    assert facts["stages"] == ["main", "favorites"]
+    with safe_open(paths["model"], "pt") as f:
+        meta = f.metadata()
+        assert len(list(f.keys())) == 2513
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+    assert meta["modelspec.hash_sha256"] == "0x" + facts["hashes"]["autov3"]
+
+    card = paths["model card"].read_text()
+    assert facts["hashes"]["autov2"] in card
+    run = json.loads((paths["run"] / "run.json").read_text())
+    assert f"| Training steps | {run['totals']['steps']} |" in card
+    assert [s["status"] for s in run["stages"]] == ["complete", "complete"]
+    assert len(list(paths["samples"].glob("*.png"))) >= 3  # images + grid
