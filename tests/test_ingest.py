@@ -391,3 +391,14 @@ def test_tags_added_to_the_recipe_later_reach_existing_posts(ws, tmp_path):
     assert s["excluded"] == {"safety: blocked tag umbrella": 1}
     assert s["images"] == 1
     assert rows(ws, "SELECT post_id FROM files") == [(1,)]
+
+
+def test_relative_sources_are_stored_as_absolute_paths(tmp_path, monkeypatch):
+    """`tagtune ingest WS ./gallery` from one folder, `tagtune prepare` from another (demo bug)."""
+    write_collection(tmp_path / "gallery", 3, seed=1, broken=False)
+    ws = init_workspace(tmp_path / "ws")
+    monkeypatch.chdir(tmp_path)
+    ingest(ws, [Path("gallery")], images=None)
+    paths = [Path(p) for (p,) in rows(ws, "SELECT path FROM files")]
+    assert len(paths) == 3
+    assert all(p.is_absolute() and p.is_file() for p in paths)

@@ -8,7 +8,8 @@ Tables
   `rating` is the modern meaning (g/s/q/e) used by captions; `rating_raw` is as read.
   `date` is the calendar date as written in created_at (its own offset).
   `excluded` is null for posts that may enter training, else the reason (safety filter).
-- files: the checked image file of a post (one per post; duplicates by content are skipped).
+- files: the checked image file of a post (one per post; duplicates by content are skipped);
+  `path` is absolute.
 - problems: every skipped file or record with the reason, for the summary and `status`.
   `source` is the SOURCE (or favorites file) whose ingest recorded it; a re-ingest replaces them.
 - captions: the built caption per included post, its tags in caption order (as written in the

@@ -362,9 +362,12 @@ def ingest(
 
     The summary is `{"posts", "images", "favorites", "excluded": {reason: N},
     "problems": {reason: N}}` over the whole catalog (so a re-run prints the same), plus
-    `"added"`: what this run added per source.
+    `"added"`: what this run added per source. Image paths are stored absolute, so later
+    stages find them whatever folder they run from.
     """
     recipe = ws.recipe()
+    sources = [Path(src).expanduser().resolve() for src in sources]
+    images = Path(images).expanduser().resolve() if images is not None else None
     for src in sources:
         detect_kind(src)  # a mistyped path fails before anything is written
     if images is not None and not Path(images).is_dir():
