@@ -51,7 +51,7 @@ def _tokens(tokenizer, prompt: Prompt) -> tuple[list[int], list[float]]:
     for text, weight in _segments(prompt):
         if not text:
             continue
-        part = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+        part = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
         ids += part
         weights += [float(weight)] * len(part)
     return ids, weights
