@@ -5,10 +5,12 @@
 Writes two single-file checkpoints with the real SDXL tensor names and shapes
 (`tests/data/sdxl-base-keys.tsv`, 2,515 tensors, fp16, ~6.9 GB each at --scale 1.0; a smaller
 scale shrinks each tensor's first dimension), streaming the bytes so the writer never holds a
-model. Then, warm cache, times a plain read of both files, and a weighted-sum merge run in a
-fresh process whose peak RSS (getrusage) is measured. Targets: peak RSS < 2 GB, merge wall
-time within 2x of the plain read. Disk: three files (~21 GB at full size), deleted at the end
-unless --keep.
+model. Then times a plain read of both files (warm page cache, and cold: the files' pages
+evicted with posix_fadvise), the I/O floor (read both, write one, fsync), and weighted-sum
+merges run in fresh processes (as the CLI runs them) whose peak RSS (getrusage) is measured:
+warm with and without parent hashing, and cold with hashing. Targets: peak RSS < 2 GB, merge
+wall time within 2x of the plain read. Disk: three files (~21 GB at full size), deleted at
+the end unless --keep.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def sdxl_layout(scale: float) -> list[tuple[str, str, tuple[int, ...]]]:
 
 def write_synthetic(path: Path, layout, seed: int) -> int:
     """Stream a checkpoint to `path`: header first, then tensor bytes cut from a random pool."""
-    from tagtune.merge_io import encode_header
+    from tagtune.models.safetensors_io import encode_header
 
     header, sizes = encode_header(layout, {"modelspec.architecture": "stable-diffusion-xl-v1-base"})
     g = torch.Generator().manual_seed(seed)
@@ -93,9 +95,26 @@ def io_floor(paths: list[Path], out: Path, chunk: int = 16 << 20) -> float:
     return elapsed
 
 
-def run_merge(a: Path, b: Path, out: Path, hash_parents: bool) -> dict:
-    """Merge in a fresh process; its wall time and peak RSS."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache (only theirs), so the next read is cold."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def run_merge(a: Path, b: Path, out: Path, hash_parents: bool, src: Path | None = None) -> dict:
+    """Merge in a fresh process; its wall time and peak RSS.
+
+    With `src`, the child imports tagtune from that folder (another version, for a before /
+    after comparison on the same files), with one torch thread as this benchmark used to run.
+    """
+    env = dict(os.environ)
+    if src is not None:
+        env.update(PYTHONPATH=str(src), OMP_NUM_THREADS="1")
     cmd = [
         sys.executable,
         "-c",
@@ -123,8 +142,6 @@ def plain_read(paths: list[Path], chunk: int = 16 << 20) -> float:
 MERGE_CHILD = """
 import json, resource, sys, time
 from tagtune.merge import MergeSpec, merge_checkpoints
-import torch
-torch.set_num_threads(1)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 r = merge_checkpoints(sys.argv[1], sys.argv[2], sys.argv[3], MergeSpec(alpha=0.3),
@@ -146,6 +163,12 @@ def main() -> None:
         default=0,
         help="only the N largest tensors at their real shapes (checks peak memory cheaply)",
     )
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also time the merges of the tagtune found in this src folder (e.g. the last commit)",
+    )
     args = ap.parse_args()
 
     layout = sdxl_layout(args.scale)
@@ -164,19 +187,36 @@ def main() -> None:
         plain_read([a, b])  # warm the page cache
         read_s = min(plain_read([a, b]) for _ in range(2))
         print(f"plain read of both files (warm): {read_s:.2f} s ({size / read_s / 1e9:.2f} GB/s)")
+        evict([a, b])
+        cold_s = plain_read([a, b])
+        print(f"plain read of both files (cold): {cold_s:.2f} s ({size / cold_s / 1e9:.2f} GB/s)")
+        plain_read([a, b])  # warm again
         floor_s = io_floor([a, b], out)
         print(
             f"I/O floor (read both, write one, fsync): {floor_s:.2f} s = {floor_s / read_s:.2f}x the read"
         )
-        for hash_parents in (True, False):
-            res = run_merge(a, b, out, hash_parents)
+        runs = [
+            ("warm, with parent AutoV2 hashing", True, False, None),
+            ("warm, without parent hashing", False, False, None),
+            ("cold, with parent AutoV2 hashing", True, True, None),
+        ]
+        if args.baseline_src:
+            runs += [
+                (f"[baseline {args.baseline_src}] warm, with parent hashing", True, False, args.baseline_src),
+                (f"[baseline {args.baseline_src}] warm, without parent hashing", False, False, args.baseline_src),
+            ]  # fmt: skip
+        for what, hash_parents, cold, src in runs:
+            if cold:
+                evict([a, b])
+            res = run_merge(a, b, out, hash_parents, src)
             peak_gb = res["peak_rss_kb"] * 1024 / 1e9
             base_gb = res["base_rss_kb"] * 1024 / 1e9
-            what = "with parent AutoV2 hashing" if hash_parents else "without parent hashing"
+            base_s = cold_s if cold else read_s
             print(
                 f"merge {what} (weighted-sum, {res['merged']} of {res['tensors']} tensors merged): "
-                f"{res['seconds']:.2f} s = {res['seconds'] / read_s:.2f}x the plain read (target <= 2x), "
-                f"{res['seconds'] / floor_s:.2f}x the I/O floor"
+                f"{res['seconds']:.2f} s = {res['seconds'] / base_s:.2f}x the "
+                f"{'cold' if cold else 'warm'} plain read (target <= 2x), "
+                f"{res['seconds'] / floor_s:.2f}x the warm I/O floor"
             )
             print(f"  peak RSS: {peak_gb:.2f} GB (target < 2 GB; {base_gb:.2f} GB after imports)")
             out.unlink()

@@ -182,3 +182,20 @@ def test_cli_needs_a_prompt(tmp_path):
     res = CliRunner().invoke(app, ["generate", str(tmp_path / "x.safetensors")])
     assert isinstance(res.exception, InputError)
     assert str(res.exception) == "PROMPT: a PROMPT is needed (or --from-png FILE)"
+
+
+def test_training_samples_are_the_images_tagtune_generate_makes(tiny_sdxl, tmp_path):
+    """Same prompt (emphasis, over 75 tokens), negative, seed and settings: same pixels."""
+    from tagtune.recipe import Recipe
+    from tagtune.train.sampling import CFG_SCALE, SAMPLER, sample_images
+
+    cfg = Recipe().train.model_copy(
+        update={"sample_prompts": [LONG], "sample_steps": 2, "sample_size": (64, 64), "seed": 9}
+    )
+    sample = sample_images(tiny_sdxl, cfg, tmp_path / "samples", "tiny")[0]
+    (made,) = generate(
+        tiny_sdxl, LONG, cfg.sample_negative, steps=2, cfg=CFG_SCALE, sampler=SAMPLER, seed=9,
+        size=(64, 64), out_dir=tmp_path / "gen", device="cpu",
+    )  # fmt: skip
+    assert np.array_equal(pixels(sample), pixels(made))
+    assert read_png_infotext(sample).prompt == read_png_infotext(made).prompt == LONG

@@ -306,7 +306,7 @@ def test_out_of_order_parent_is_still_hashed(tmp_path):
     """B written with its tensors in another order: its AutoV2 comes from a separate pass."""
     a = tiny_file(tmp_path / "a.safetensors", 1)
     sd = load_file(str(tiny_file(tmp_path / "tmp.safetensors", 2)))
-    from tagtune.merge_io import encode_header
+    from tagtune.models.safetensors_io import encode_header
 
     entries = [
         (k, "F16" if v.dtype == torch.float16 else "I64", tuple(v.shape))
@@ -330,3 +330,104 @@ def test_output_may_not_overwrite_an_input(parents):
         merge_checkpoints(a, b, a, MergeSpec())
     assert str(exc.value) == f"{a}: the output would overwrite an input checkpoint"
     assert a.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"w": {"dtype": "F16", "shape": [2], "data_offsets": [0, 8]}},  # size mismatch
+        {"w": {"dtype": "F31", "shape": [2], "data_offsets": [0, 4]}},  # unknown dtype
+        {
+            "a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]},
+            "b": {"dtype": "F16", "shape": [2], "data_offsets": [2, 6]},
+        },  # overlap
+    ],
+    ids=["size-mismatch", "bad-dtype", "overlap"],
+)
+def test_hostile_parent_gets_the_loaders_error(parents, tmp_path, header):
+    """The merge validates parents with the one header parser `load_model` uses."""
+    from tagtune.models.safetensors_io import read_header
+
+    body = json.dumps(header).encode()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(len(body).to_bytes(8, "little") + body + b"\0" * 8)
+    with pytest.raises(ModelFileError) as expected:
+        read_header(bad)
+    with pytest.raises(ModelFileError) as got:
+        merge_checkpoints(parents[0], bad, tmp_path / "m.safetensors", MergeSpec())
+    assert str(got.value) == str(expected.value)
+    assert str(got.value).startswith(f"{bad}: tensor ")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_missing_parent_is_named(parents, tmp_path):
+    with pytest.raises(ModelFileError) as exc:
+        merge_checkpoints(parents[0], tmp_path / "nope.safetensors", tmp_path / "m", MergeSpec())
+    assert str(exc.value) == f"{tmp_path / 'nope.safetensors'}: no such file"
+
+
+@pytest.mark.parametrize("mode", ["weighted-sum", "add-difference"])
+def test_tensors_cut_into_pieces_merge_and_hash_the_same(parents, tmp_path, monkeypatch, mode):
+    """Tensors larger than a piece (here 5 elements) give the same file as whole tensors."""
+    import tagtune.merge_io as mio
+
+    a, b, c = parents
+    spec = MergeSpec(mode=mode, alpha=0.4, vae="b", dtype="bf16")
+    c = c if mode == "add-difference" else None
+    whole = merge_checkpoints(a, b, tmp_path / "whole.safetensors", spec, c=c)
+    monkeypatch.setattr(mio, "PIECE_ELEMENTS", 5)
+    cut = merge_checkpoints(a, b, tmp_path / "cut.safetensors", spec, c=c)
+    got, want = (
+        load_file(str(tmp_path / "cut.safetensors")),
+        load_file(str(tmp_path / "whole.safetensors")),
+    )
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in got)
+    assert cut.metadata["tagtune.merge"] == whole.metadata["tagtune.merge"]
+    assert [p["sha256"] for p in cut.parents] == [p["sha256"] for p in whole.parents]
+    expected = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b, c) if p]
+    assert [p["sha256"] for p in cut.parents] == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_one_pass_lerp_gives_the_bits_of_fp32_math(dtype):
+    """The fast path (lerp in the stored dtype) rounds exactly like fp32 math then a cast."""
+    from tagtune.merge import _merge_into, _scratch
+
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(300_000, generator=g).mul(4).to(dtype) for _ in range(2))
+    for w in (0.3, 0.5, 0.77, -0.25, 1.5):
+        out = torch.empty_like(a)
+        _merge_into(MergeSpec(alpha=w), w, [a, b], out, _scratch())
+        assert torch.equal(out, a.float().lerp(b.float(), w).to(dtype))
+
+
+def test_a_read_error_mid_merge_stops_cleanly(parents, tmp_path, monkeypatch):
+    """An error on the reader thread reaches the caller; no thread hangs, no output is left."""
+    import tagtune.merge_io as mio
+
+    calls = []
+    real = mio._pread_into
+
+    def failing(fd, view, offset, path):
+        calls.append(path)
+        if len(calls) == 7:
+            raise ModelFileError("file ended inside a tensor (changed while merging?)", file=path)
+        real(fd, view, offset, path)
+
+    monkeypatch.setattr(mio, "_pread_into", failing)
+    with pytest.raises(ModelFileError, match="changed while merging"):
+        merge_checkpoints(parents[0], parents[1], tmp_path / "m.safetensors", MergeSpec())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in parents]
+
+
+def test_a_write_error_mid_merge_stops_cleanly(parents, tmp_path, monkeypatch):
+    import tagtune.merge_io as mio
+
+    def full(self, item):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mio.OutputWriter, "_write", full)
+    with pytest.raises(OSError, match="No space left"):
+        merge_checkpoints(parents[0], parents[1], tmp_path / "m.safetensors", MergeSpec())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in parents]

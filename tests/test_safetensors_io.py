@@ -213,3 +213,16 @@ def test_lazy_tensor_that_loads_another_size_is_refused(tmp_path):
     with pytest.raises(ModelFileError, match="^w: holds 12 bytes, 8 were declared$"):
         write_safetensors(path, {"w": liar})
     assert not path.exists()
+
+
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path):
+    """0666 & ~umask like any new file (not the 0600 of the temporary file it started as)."""
+    import os
+
+    path = tmp_path / "m.safetensors"
+    old = os.umask(0o022)
+    try:
+        write_safetensors(path, {"a": torch.ones(2)})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -92,9 +92,9 @@ def make_scheduler(name: str, config: dict[str, Any]):
 
 def _autov2(path: Path) -> str:
     """A1111's short hash (lower-case AutoV2): the first 10 hex of the file's SHA-256."""
-    from tagtune.merge_io import sha256_file
+    from tagtune.hashes import file_hashes
 
-    return sha256_file(path)[:10]
+    return file_hashes(path)["autov2"].lower()
 
 
 def load_for_generation(
@@ -171,6 +171,36 @@ def prompt_embeddings(components: Any, prompt: str, negative: str, clip_skip: in
     return embeds[:1], pooled[:1], embeds[1:], pooled[1:]
 
 
+def render(
+    pipe: Any,
+    embeddings: tuple,
+    seed: int,
+    steps: int,
+    cfg: float,
+    width: int,
+    height: int,
+) -> Any:
+    """One image from `prompt_embeddings(...)`, its noise drawn from a CPU generator seeded
+    with `seed` (so an image is re-made alone, on any device). Used by `generate` and by
+    the samples taken during training, so both condition prompts identically."""
+    import torch
+
+    cond, pooled, uncond, uncond_pooled = (t.to(pipe.device, pipe.unet.dtype) for t in embeddings)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        return pipe(
+            prompt_embeds=cond,
+            pooled_prompt_embeds=pooled,
+            negative_prompt_embeds=uncond,
+            negative_pooled_prompt_embeds=uncond_pooled,
+            num_inference_steps=steps,
+            guidance_scale=cfg,
+            width=width,
+            height=height,
+            generator=generator,
+        ).images[0]
+
+
 def _next_index(out_dir: Path) -> int:
     found = [int(m.group(1)) for p in out_dir.glob("*.png") if (m := re.match(r"(\d+)-", p.name))]
     return max(found, default=-1) + 1
@@ -197,8 +227,6 @@ def generate(
     `model` is a checkpoint path (single file or diffusers folder), an SDXLComponents
     (tests pass the tiny model) or a LoadedModel. Returns the written paths.
     """
-    import torch
-
     width, height = parse_size(size)
     if sampler not in SCHEDULERS:
         raise InputError(
@@ -210,32 +238,14 @@ def generate(
     seed = secrets.randbelow(MAX_SEED) if seed is None or seed < 0 else seed
     loaded = load_for_generation(model, tokenizers, device)
     pipe = build_pipeline(loaded.components, sampler, device)
-    cond, pooled, uncond, uncond_pooled = prompt_embeddings(
-        loaded.components, prompt, negative, clip_skip
-    )
-    dtype = pipe.unet.dtype
-    cond, pooled, uncond, uncond_pooled = (
-        t.to(pipe.device, dtype) for t in (cond, pooled, uncond, uncond_pooled)
-    )
+    embeddings = prompt_embeddings(loaded.components, prompt, negative, clip_skip)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = _next_index(out_dir)
     paths = []
     for i in range(n):
         image_seed = (seed + i) % (MAX_SEED + 1)
-        generator = torch.Generator(device="cpu").manual_seed(image_seed)
-        with torch.no_grad():
-            image = pipe(
-                prompt_embeds=cond,
-                pooled_prompt_embeds=pooled,
-                negative_prompt_embeds=uncond,
-                negative_pooled_prompt_embeds=uncond_pooled,
-                num_inference_steps=steps,
-                guidance_scale=cfg,
-                width=width,
-                height=height,
-                generator=generator,
-            ).images[0]
+        image = render(pipe, embeddings, image_seed, steps, cfg, width, height)
         info = Infotext(
             prompt=prompt,
             negative=negative,

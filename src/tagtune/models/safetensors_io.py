@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+ITEMSIZE: dict[str, int] = {k: v.itemsize for k, v in DTYPES.items()}
 HASH_PLACEHOLDER = "0x" + "0" * 64
 
 
@@ -62,6 +62,11 @@ class TensorInfo:
         """The torch dtype of this tensor."""
         return DTYPES[self.dtype]
 
+    @property
+    def nbytes(self) -> int:
+        """Size of the tensor's bytes."""
+        return self.end - self.begin
+
 
 @dataclass(frozen=True)
 class Header:
@@ -73,6 +78,11 @@ class Header:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
 
+    @property
+    def file_size(self) -> int:
+        """Size of the whole file (header included) when it was read."""
+        return self.data_start + self.data_size
+
 
 @dataclass(frozen=True)
 class LazyTensor:
@@ -81,6 +91,11 @@ class LazyTensor:
     dtype: torch.dtype
     shape: tuple[int, ...]
     load: Callable[[], torch.Tensor]
+
+
+def itemsize(code: str) -> int:
+    """Bytes per element of a safetensors dtype code (`F16` -> 2)."""
+    return ITEMSIZE[code]
 
 
 def _fail(path: Path, reason: str, tensor: str | None = None) -> ModelFileError:
@@ -128,8 +143,7 @@ def _check_entry(path: Path, name: str, entry: object, data_size: int) -> Tensor
             f"({data_size} bytes): truncated or corrupt file",
             name,
         )
-    itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
-    need = math.prod(shape) * itemsize
+    need = math.prod(shape) * itemsize(dtype)
     if end - begin != need:
         raise _fail(
             path,
@@ -250,11 +264,25 @@ def _bytes(
     return data
 
 
-def chmod_like_new(path: Path, mode: int = 0o666) -> None:
-    """Temporary files and folders are created 0600/0700; outputs get `mode` & ~umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, mode & ~mask)
+def encode_header(
+    entries: list[tuple[str, str, tuple[int, ...]]], metadata: Mapping[str, str]
+) -> tuple[bytes, list[int]]:
+    """Header bytes (length prefix + JSON padded to 8 bytes) for tensors stored in this order.
+
+    `entries` are (name, dtype code, shape); returns the bytes and each tensor's byte size in
+    the same order. Empty metadata is left out, as the safetensors library does.
+    """
+    doc: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    sizes = []
+    for name, code, shape in entries:
+        nbytes = math.prod(shape) * itemsize(code)
+        doc[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+        sizes.append(nbytes)
+    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body += b" " * (-len(body) % 8)
+    return len(body).to_bytes(8, "little") + body, sizes
 
 
 def write_safetensors(
@@ -274,30 +302,19 @@ def write_safetensors(
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     if hash_key:
         meta[hash_key] = HASH_PLACEHOLDER
-    entries: dict[str, object] = {"__metadata__": meta} if meta else {}
-    specs: dict[str, tuple[torch.dtype, int]] = {}
-    offset = 0
+    entries: list[tuple[str, str, tuple[int, ...]]] = []
     for name in sorted(tensors):
         dtype, shape = _spec(tensors[name], cast)
         if dtype not in CODES:
             raise ModelFileError(f"dtype {dtype} cannot be stored", field=name)
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        entries[name] = {
-            "dtype": CODES[dtype],
-            "shape": list(shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        specs[name] = (dtype, nbytes)
-        offset += nbytes
-    raw = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
+        entries.append((name, CODES[dtype], shape))
+    head, sizes = encode_header(entries, meta)
+    raw = head[8:]
     digest = hashlib.sha256()
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        chmod_like_new(tmp)
-        fh.write(len(raw).to_bytes(8, "little"))
-        fh.write(raw)
-        for name, (dtype, nbytes) in specs.items():
-            data = _bytes(name, tensors[name], dtype, nbytes)
+        fh.write(head)
+        for (name, code, _), nbytes in zip(entries, sizes, strict=True):
+            data = _bytes(name, tensors[name], DTYPES[code], nbytes)
             digest.update(data)
             fh.write(data)
         if hash_key:

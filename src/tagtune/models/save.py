@@ -24,7 +24,7 @@ from tagtune.models.configs import (
     sdxl_base_dir,
 )
 from tagtune.models.modelspec import HASH_KEY, modelspec_metadata
-from tagtune.models.safetensors_io import chmod_like_new, write_safetensors
+from tagtune.models.safetensors_io import write_safetensors
 
 DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
@@ -132,7 +132,6 @@ def save_diffusers(
     cast = parse_dtype(dtype)
     index = json.loads((sdxl_base_dir() / "model_index.json").read_text())
     with atomic_dir(folder, marker=FOLDER_MARKER) as tmp:
-        chmod_like_new(tmp, 0o777)
         for name, module in components.modules().items():
             sub = tmp / name
             sub.mkdir()

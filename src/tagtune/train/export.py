@@ -33,13 +33,6 @@ class ExportResult:
         return {"path": str(self.path), "stage": self.stage, "hashes": self.hashes}
 
 
-def file_hashes(path: Path) -> dict[str, str]:
-    """The model-site hashes of a file (SHA-256, AutoV1/V2/V3, CRC32, BLAKE3)."""
-    from tagtune.hashes import file_hashes as all_hashes
-
-    return {k: v for k, v in all_hashes(path).items() if v is not None}
-
-
 def tag_frequency(ws: Workspace, top: int = TOP_TAGS) -> dict[str, int]:
     """The most frequent caption tags of the workspace with their counts (for the header)."""
     from tagtune.catalog import open_catalog
@@ -99,6 +92,7 @@ def export_model(
     components: Any = None,
 ) -> ExportResult:
     """Export the run's last completed stage (or `stage`) to `WS/out/<project.name>.safetensors`."""
+    from tagtune.hashes import file_hashes
     from tagtune.train.stages import apply_stage_weights, load_base
 
     recipe = ws.recipe()
@@ -124,7 +118,7 @@ def export_model(
         "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),
     }
     path = export_components(components, out, recipe, dtype or recipe.export.dtype, extra)
-    hashes = file_hashes(path)
+    hashes = {k: v for k, v in file_hashes(path).items() if v is not None}  # as in run.json
     try:
         shown = path.resolve().relative_to(ws.root.resolve()).as_posix()
     except ValueError:

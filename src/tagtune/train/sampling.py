@@ -1,7 +1,7 @@
 """Sample images during training: seeded, PNG with A1111 infotext, and a grid per epoch.
 
-Built from the in-memory components (no copy of the weights) with an Euler scheduler; prompts
-are encoded with tagtune's own SDXL conditioning (A1111 long-prompt chunking).
+Built from the in-memory components (no copy of the weights) by `tagtune.generate` (Euler
+scheduler), so samples condition prompts exactly as `tagtune generate` does.
 """
 
 from __future__ import annotations
@@ -17,50 +17,34 @@ from tagtune.recipe import Recipe, StageConfig, TrainConfig
 from tagtune.workspace import Workspace
 
 CFG_SCALE = 7.0
+SAMPLER = "euler"
 
 
 @torch.no_grad()
 def sample_images(
     components: Any, cfg: TrainConfig, out_dir: Path, label: str, seed: int | None = None
 ) -> list[Path]:
-    """One PNG per `cfg.sample_prompts` (seed = train seed + prompt index) and `grid.png`."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    """One PNG per `cfg.sample_prompts` (seed = train seed + prompt index) and `grid.png`.
 
-    from tagtune.conditioning import encode_prompts
+    The pipeline and the prompt embeddings come from `tagtune.generate` (sampler "euler", on
+    the device the U-Net is on), so a sample and `tagtune generate` with the same prompt,
+    seed and settings condition the prompt identically (emphasis, long prompts).
+    """
+    from tagtune.generate import build_pipeline, prompt_embeddings, render
     from tagtune.infotext import Infotext, write_png
 
-    pipe = StableDiffusionXLPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        text_encoder_2=components.text_encoder_2,
-        tokenizer=components.tokenizer,
-        tokenizer_2=components.tokenizer_2,
-        unet=components.unet,
-        scheduler=EulerDiscreteScheduler.from_config(components.scheduler_config),
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = build_pipeline(components, SAMPLER, device=str(components.unet.device))
     width, height = cfg.sample_size
     base_seed = cfg.seed if seed is None else seed
     paths, images = [], []
     for i, prompt in enumerate(cfg.sample_prompts):
-        embeds, pooled = encode_prompts(components, [prompt, cfg.sample_negative])
-        gen = torch.Generator(device="cpu").manual_seed(base_seed + i)
-        image = pipe(
-            prompt_embeds=embeds[:1],
-            pooled_prompt_embeds=pooled[:1],
-            negative_prompt_embeds=embeds[1:],
-            negative_pooled_prompt_embeds=pooled[1:],
-            width=width,
-            height=height,
-            num_inference_steps=cfg.sample_steps,
-            guidance_scale=CFG_SCALE,
-            generator=gen,
-        ).images[0]
+        embeddings = prompt_embeddings(components, prompt, cfg.sample_negative)
+        image = render(pipe, embeddings, base_seed + i, cfg.sample_steps, CFG_SCALE, width, height)
         info = Infotext(
             prompt=prompt,
             negative=cfg.sample_negative,
             steps=cfg.sample_steps,
-            sampler="euler",
+            sampler=SAMPLER,
             cfg=CFG_SCALE,
             seed=base_seed + i,
             width=width,
