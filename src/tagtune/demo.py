@@ -32,8 +32,8 @@ DEMO_PROMPT_FALLBACK = "1girl, smile, blue sky"
 class DemoSize:
     """How big the demo is: the README's run, or the reduced run of the test suite."""
 
-    images: int = 240
-    main_epochs: int = 3
+    images: int = 160
+    main_epochs: int = 2
     favorites_epochs: int = 2
     sample_steps: int = 8
     grid_images: int = 4
