@@ -100,7 +100,7 @@ def main() -> None:
     steps: list[tuple[str, float, float]] = []
 
     def progress(step: str, done: int, total: int) -> None:
-        if done < total or not steps or steps[-1][0] != step:
+        if not steps or steps[-1][0] != step:  # one line per step (chunks are not listed)
             steps.append((step, time.perf_counter(), time.process_time()))
 
     t, c = time.perf_counter(), time.process_time()

@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from tagtune import caption_build, caption_fast
 from tagtune.caption_build import build_captions, show_caption, sidecar_path
 from tagtune.catalog import open_catalog
 from tagtune.cli.main import app
@@ -171,3 +172,65 @@ def test_empty_catalog_and_missing_catalog(tmp_path):
     summary = build_captions(w)
     assert summary.captions == 0 and summary.tokens_max == 0
     assert w.captions_path.read_text() == ""
+
+
+def _outputs(ws):
+    with open_catalog(ws.catalog_path, read_only=True) as con:
+        rows = con.execute(
+            "SELECT post_id, caption, tags, groups, tokens FROM captions ORDER BY post_id"
+        ).fetchall()
+    return rows, ws.captions_path.read_bytes()
+
+
+def test_chunked_build_writes_the_same_bytes(ws, monkeypatch):
+    whole = build_captions(ws)
+    expected = _outputs(ws)
+    monkeypatch.setattr(caption_build, "CHUNK_ROWS", 2)  # chunks of 2 and 1 posts
+    monkeypatch.setattr(caption_build, "BATCH_ROWS", 1)
+    chunked = build_captions(ws)
+    assert _outputs(ws) == expected
+    assert chunked.to_json() | {"seconds": 0} == whole.to_json() | {"seconds": 0}
+
+
+@pytest.mark.parametrize("where", ["build", "write"])
+def test_a_failure_keeps_the_previous_captions(ws, monkeypatch, where):
+    build_captions(ws)
+    before = _outputs(ws)
+    with open_catalog(ws.catalog_path) as con:
+        con.execute("UPDATE posts SET excluded = 'blocked: later' WHERE id = 1")
+    monkeypatch.setattr(caption_build, "CHUNK_ROWS", 1)
+    calls = []
+
+    def fail_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(*args)
+
+    if where == "build":
+        real = caption_fast.build_caption_arrays
+        monkeypatch.setattr(caption_fast, "build_caption_arrays", fail_second)
+    else:
+        real = caption_build._ChunkWriter._next  # on DuckDB's thread, mid-INSERT
+        monkeypatch.setattr(caption_build._ChunkWriter, "_next", fail_second)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_captions(ws)
+    assert _outputs(ws) == before  # table and captions.jsonl: all or nothing
+    assert sorted(p.name for p in ws.root.iterdir() if p.name.startswith(".captions")) == []
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [1, 2, 3, 4],  # in order: returned as is
+        [5, 6, 7, 1, 2, 3, 4],  # sorted runs: put in order by slices
+        [3, 1, 2],
+        [9, 2, 7, 1, 8, 3, 6, 4, 5] * 30,  # scattered (with repeats): gathered, stable
+    ],
+)
+def test_posts_come_in_id_order(ids):
+    import pyarrow as pa
+
+    table = pa.table({"id": ids, "row": list(range(len(ids)))})
+    got = caption_build._in_id_order(table).to_pylist()
+    assert got == sorted(table.to_pylist(), key=lambda r: r["id"])

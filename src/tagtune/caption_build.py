@@ -9,7 +9,10 @@ beside each image.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +31,10 @@ from tagtune.workspace import Workspace
 
 TOKEN_LIMITS = (75, 150, 225)
 """Caption lengths reported: training reads 75-token chunks, up to 225 tokens."""
+CHUNK_ROWS = 100_000
+"""Posts built per chunk: inserting one chunk overlaps building the next."""
+BATCH_ROWS = 25_000
+"""Rows per Arrow record batch handed to DuckDB (it can scan batches in parallel)."""
 HISTOGRAM_EDGES = tuple(range(0, 251, 25))
 """Token-length histogram bins [a, b); the last bin is open-ended."""
 
@@ -167,8 +174,6 @@ def build_captions(
     """
     import pyarrow as pa
 
-    from tagtune.caption_fast import build_caption_arrays
-
     t0 = time.perf_counter()
     cfg = cfg or ws.recipe().caption
     if not ws.catalog_path.exists():
@@ -178,75 +183,220 @@ def build_captions(
     counter = counter or TokenCounter(cfg.separator)
     summary = CaptionSummary(tokenizer=counter.method, jsonl=str(ws.captions_path))
     with open_catalog(ws.catalog_path) as con:
-        progress("reading posts", 0, 5)
+        progress("reading posts", 0, 3)
         posts = _in_id_order(con.sql(source_query(cfg)).to_arrow_table())
-        progress("building captions", 1, 5)
-        res = build_caption_arrays(posts, cfg, counter)
-        tokens = pa.array(res.tokens, pa.int32())
-        progress("writing the captions table", 2, 5)
-        _replace_captions_table(
-            con,
-            pa.table({"post_id": posts.column("id"), "caption": res.caption, "tags": res.tags,
-                      "groups": res.groups, "tokens": tokens}),
-        )  # fmt: skip
-        progress("writing captions.jsonl", 3, 5)
-        lines = pa.table(
-            {
-                "id": posts.column("id"),
-                "md5": posts.column("md5"),
-                "file": posts.column("file"),
-                "caption": res.caption,
-                "tokens": tokens,
-                "favorite": posts.column("favorite"),
-            }
-        )
-        write_jsonl(con, lines, ws.captions_path)
         summary.excluded = int(
             con.execute("SELECT count(*) FROM posts WHERE excluded IS NOT NULL").fetchone()[0]
         )
-    progress("summary", 4, 5)
-    _summarise(summary, cfg, posts, res)
+        progress("building and writing captions", 1, 3)
+        parts = _build_and_write(con, posts, cfg, counter, ws.captions_path, progress)
+    progress("summary", 2, 3)
+    _summarise(summary, cfg, posts, parts)
     if sidecars:
-        summary.sidecars = write_sidecars(ws, _image_captions(posts, res.caption), progress)
-    progress("done", 5, 5)
+        caption = pa.chunked_array([r.caption for r in parts], pa.string())
+        summary.sidecars = write_sidecars(ws, _image_captions(posts, caption), progress)
+    progress("done", 3, 3)
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary
 
 
-def _replace_captions_table(con, table) -> None:
-    """Replace every row of `captions` with `table`, in one transaction (all or nothing)."""
-    con.register("_new_captions", table)
-    con.execute("SET preserve_insertion_order = false")  # lets DuckDB write in parallel
+def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, jsonl: Path,
+                     progress: Progress) -> list:  # fmt: skip
+    """Build captions chunk by chunk while a writer thread inserts the chunks built so far.
+
+    The writer replaces the `captions` table in one transaction (one INSERT reading the
+    chunks as they come); captions.jsonl is written (atomically) here, once every chunk is
+    built, while the insert finishes. DuckDB releases the GIL, so the insert overlaps the
+    building. Returns the `CaptionArrays` of every chunk, in row order.
+    """
+    from tagtune.caption_fast import build_caption_arrays
+
+    n = posts.num_rows
+    starts = list(range(0, n, CHUNK_ROWS)) or [0]
+    parts = []
+    with atomic_path(jsonl) as tmp:
+        writer = _ChunkWriter(con)
+        writer.start()
+        built = False
+        try:
+            lines = []
+            for i, start in enumerate(starts):
+                chunk = posts.slice(start, CHUNK_ROWS)
+                res = build_caption_arrays(chunk, cfg, counter)
+                parts.append(res)
+                rows, chunk_lines = _chunk_tables(chunk, res)
+                writer.put(rows)
+                lines.append(chunk_lines)
+                progress("building and writing captions", 1 + i, 1 + len(starts))
+                if writer.error is not None:
+                    break
+            else:  # while the writer still inserts (ORDER BY: its settings do not matter)
+                with con.cursor() as cur:
+                    write_jsonl(cur, _concat(lines), tmp, atomic=False, order_by="id")
+            built = True
+        finally:
+            writer.finish(built)
+        if writer.error is not None:
+            raise writer.error
+    return parts
+
+
+class _ChunkWriter(threading.Thread):
+    """Replaces the `captions` table with the built chunks, in one transaction.
+
+    Runs on its own cursor; one INSERT reads every chunk, in order, as it is queued. The
+    first error is kept in `error` (the transaction is rolled back, later chunks dropped).
+    """
+
+    def __init__(self, con) -> None:
+        super().__init__(name="tagtune-caption-writer", daemon=True)
+        self._cur = con.cursor()
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self._ok = False
+
+    def put(self, rows) -> None:
+        """Queue one built chunk's table rows (blocks while two are waiting)."""
+        self._queue.put(rows)
+
+    def finish(self, ok: bool) -> None:
+        """Commit (`ok`: every chunk was queued) or roll back; wait until it is done."""
+        self._ok = ok
+        self._queue.put(None)
+        self.join()
+
+    def run(self) -> None:
+        cur = self._cur
+        self._ended = False  # the builder's end-of-chunks mark was taken
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            cur.execute("DROP TABLE captions")  # much faster than deleting every row
+            cur.execute(SCHEMA)  # creates it again, empty
+            first = self._next()
+            if first is not None:  # one INSERT for all: a commit of many costs seconds
+                _insert_captions(cur, self._stream(first))
+            self._ended = True
+            if not self._ok:
+                raise _Aborted()
+            cur.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            if self.error is None and self._ok:  # else the builder raises its own error
+                self.error = exc
+            with contextlib.suppress(Exception):
+                cur.execute("ROLLBACK")
+            while not self._ended and self._queue.get() is not None:  # let the builder finish
+                pass
+        finally:
+            cur.close()
+
+    def _next(self):
+        """The next chunk's captions table rows; None at the end."""
+        rows = self._queue.get()
+        self._ended = rows is None
+        return rows
+
+    def _stream(self, first):
+        """A record batch reader over every chunk, read by DuckDB while chunks are built."""
+        import pyarrow as pa
+
+        def batches():  # runs on DuckDB's scan threads, one at a time
+            rows = first
+            try:
+                while rows is not None:
+                    yield from rows.to_batches(max_chunksize=BATCH_ROWS)
+                    rows = self._next()
+            except BaseException as exc:
+                self.error = self.error or exc  # the first error, not DuckDB's wrapping of it
+                raise
+            if not self._ok:
+                raise _Aborted()
+
+        return pa.RecordBatchReader.from_batches(first.schema, batches())
+
+
+def _chunk_tables(chunk, res):
+    """(captions table rows, captions.jsonl rows) of one built chunk, as Arrow tables."""
+    import pyarrow as pa
+
+    tokens = pa.array(res.tokens, pa.int32())
+    rows = pa.table({"post_id": chunk.column("id"), "caption": res.caption, "tags": res.tags,
+                     "groups": res.groups, "tokens": tokens})  # fmt: skip
+    lines = pa.table(
+        {
+            "id": chunk.column("id"),
+            "md5": chunk.column("md5"),
+            "file": chunk.column("file"),
+            "caption": res.caption,
+            "tokens": tokens,
+            "favorite": chunk.column("favorite"),
+        }
+    )
+    return rows, lines
+
+
+def _concat(tables: list):
+    """One Arrow table of all chunks (no copy: the columns become chunked)."""
+    import pyarrow as pa
+
+    return _batched(pa.concat_tables(tables))
+
+
+def _batched(table):
+    """The same rows in record batches of at most BATCH_ROWS (no copy).
+
+    DuckDB scans an Arrow table one record batch per thread: one big batch would be
+    written by one thread.
+    """
+    import pyarrow as pa
+
+    return pa.Table.from_batches(table.to_batches(max_chunksize=BATCH_ROWS), table.schema)
+
+
+class _Aborted(Exception):
+    """The builder stopped early: roll back."""
+
+
+def _insert_captions(cur, table) -> None:
+    """Insert `table`'s rows into `captions` (inside the writer's transaction)."""
+    cur.register("_new_captions", table)
+    cur.execute("SET preserve_insertion_order = false")  # lets DuckDB write in parallel
     try:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DROP TABLE captions")  # much faster than deleting every row
-        con.execute(SCHEMA)  # creates it again, empty
-        con.execute(
+        cur.execute(
             "INSERT INTO captions (post_id, caption, tags, groups, tokens) "
             "SELECT post_id, caption, tags, groups, tokens FROM _new_captions"
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     finally:
-        con.execute("RESET preserve_insertion_order")  # later writes (jsonl) keep row order
-        con.unregister("_new_captions")
+        cur.execute("RESET preserve_insertion_order")  # later statements keep row order
+        cur.unregister("_new_captions")
 
 
-def _summarise(summary: CaptionSummary, cfg: CaptionConfig, posts, res) -> None:
-    """Fill the summary's counts from the posts read and the captions built."""
+def _summarise(summary: CaptionSummary, cfg: CaptionConfig, posts, parts: list) -> None:
+    """Fill the summary's counts from the posts read and the captions built (in chunks)."""
     n = posts.num_rows
     summary.captions = n
     summary.with_file = n - posts.column("file").null_count
     summary.without_file = n - summary.with_file
-    summary.empty = int((np.diff(res.tags.offsets.to_numpy()) == 0).sum())
-    summary.missing = res.missing
-    _token_stats(res.tokens, summary)
+    summary.empty = sum(int((np.diff(r.tags.offsets.to_numpy()) == 0).sum()) for r in parts)
+    summary.missing = _add_up(r.missing for r in parts)
+    _token_stats(np.concatenate([r.tokens for r in parts]), summary)
+    group_tokens = _add_up(r.group_tokens for r in parts)
     summary.group_tokens = {
-        g: {"tokens": t, "mean": round(t / n, 2) if n else 0.0} for g, t in res.group_tokens.items()
+        g: {"tokens": t, "mean": round(t / n, 2) if n else 0.0} for g, t in group_tokens.items()
     }
-    _field_summary(cfg, res.field_counts, summary)
+    field_counts = {
+        g: _add_up(r.field_counts.get(g, {}) for r in parts)
+        for g in dict.fromkeys(g for r in parts for g in r.field_counts)
+    }
+    _field_summary(cfg, field_counts, summary)
+
+
+def _add_up(counts) -> dict:
+    """Key-wise sum of dicts of numbers (first-seen key order)."""
+    total: dict = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    return total
 
 
 def _image_captions(posts, caption) -> list[tuple[str, str]]:
@@ -259,19 +409,37 @@ def _image_captions(posts, caption) -> list[tuple[str, str]]:
 
 
 def _in_id_order(table):
-    """The table sorted by id (a scan usually is already: then nothing is copied)."""
+    """The table sorted by id, copying as little as possible.
+
+    A scan is usually in order or made of a few sorted runs (a parallel ingest): then the
+    result is slices of the table put in order (no copy). Scattered rows are gathered.
+    """
+    import pyarrow as pa
+
     ids = table.column("id").to_numpy()
     if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):
         return table
-    return table.take(np.argsort(ids, kind="stable"))
+    order = np.argsort(ids, kind="stable")
+    cuts = np.flatnonzero(np.diff(order) != 1) + 1  # where the next row is not the next slice row
+    if len(cuts) > max(64, len(ids) // 10_000):
+        return table.take(order)
+    starts = [0, *cuts.tolist()]
+    ends = [*cuts.tolist(), len(order)]
+    return pa.concat_tables(
+        [table.slice(int(order[a]), b - a) for a, b in zip(starts, ends, strict=True)]
+    )
 
 
-def write_jsonl(con, table, path: Path) -> None:
-    """Write an Arrow table as JSON lines (one object per row, columns in order), atomically."""
+def write_jsonl(con, table, path: Path, atomic: bool = True, order_by: str = "") -> None:
+    """Write an Arrow table as JSON lines (one object per row, columns in order), atomically.
+
+    Rows keep the table's order, or follow `order_by` (a column) whatever DuckDB's settings.
+    """
     con.register("_jsonl_rows", table)
+    rows = f"(SELECT * FROM _jsonl_rows ORDER BY {order_by})" if order_by else "_jsonl_rows"
     try:
-        with atomic_path(path) as tmp:
-            con.execute(f"COPY _jsonl_rows TO '{_sql_path(tmp)}' (FORMAT json)")
+        with atomic_path(path) if atomic else contextlib.nullcontext(path) as tmp:
+            con.execute(f"COPY {rows} TO '{_sql_path(tmp)}' (FORMAT json)")
     finally:
         con.unregister("_jsonl_rows")
 

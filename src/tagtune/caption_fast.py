@@ -174,9 +174,15 @@ def _slots(table: pa.Table, cfg: CaptionConfig) -> tuple[np.ndarray, _Keys, dict
             field="posts",
             value=table.num_rows,
         )
-    slots = [((rows << gbits | gpos) << kbits) | k for gpos, rows, k in parts]
-    empty = np.zeros(0, dtype=np.int64)
-    return (np.concatenate(slots) if slots else empty), keys, missing
+    slots = np.empty(sum(len(k) for _, _, k in parts), dtype=np.int64)
+    at = 0
+    for gpos, rows, k in parts:  # packed in place: no temporaries of the full size
+        out = slots[at : at + len(k)]
+        np.left_shift(rows, gbits + kbits, out=out)
+        out |= k
+        out |= gpos << kbits
+        at += len(k)
+    return slots, keys, missing
 
 
 def _bits(count: int) -> int:
@@ -268,10 +274,10 @@ def _token_counts(
     if not counter.by_tag:
         return counter.count_lists(tags.flatten(), offsets)
     mid, last = counter.tag_costs(texts)
-    per_elem = mid[dids].astype(np.int64)
+    per_elem = mid.take(dids)  # int32: a tag costs a few tokens
     lengths = np.diff(offsets)
-    ends = offsets[1:][lengths > 0].astype(np.int64) - 1
-    per_elem[ends] = last[dids[ends]]
+    ends = offsets[1:][lengths > 0] - 1
+    per_elem[ends] = last.take(dids[ends])
     csum = np.zeros(len(per_elem) + 1, dtype=np.int64)
-    np.cumsum(per_elem, out=csum[1:])
+    np.cumsum(per_elem, dtype=np.int64, out=csum[1:])
     return csum[offsets[1:]] - csum[offsets[:-1]], per_elem
