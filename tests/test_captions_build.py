@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tagtune import caption_build, caption_fast
+from tagtune import caption_build, caption_fast, caption_write
 from tagtune.caption_build import build_captions, show_caption, sidecar_path
 from tagtune.catalog import open_catalog
 from tagtune.cli.main import app
@@ -186,7 +186,7 @@ def test_chunked_build_writes_the_same_bytes(ws, monkeypatch):
     whole = build_captions(ws)
     expected = _outputs(ws)
     monkeypatch.setattr(caption_build, "CHUNK_ROWS", 2)  # chunks of 2 and 1 posts
-    monkeypatch.setattr(caption_build, "BATCH_ROWS", 1)
+    monkeypatch.setattr(caption_write, "BATCH_ROWS", 1)
     chunked = build_captions(ws)
     assert _outputs(ws) == expected
     assert chunked.to_json() | {"seconds": 0} == whole.to_json() | {"seconds": 0}
@@ -211,8 +211,8 @@ def test_a_failure_keeps_the_previous_captions(ws, monkeypatch, where):
         real = caption_fast.build_caption_arrays
         monkeypatch.setattr(caption_fast, "build_caption_arrays", fail_second)
     else:
-        real = caption_build._ChunkWriter._next  # on DuckDB's thread, mid-INSERT
-        monkeypatch.setattr(caption_build._ChunkWriter, "_next", fail_second)
+        real = caption_write.ChunkWriter._next  # on DuckDB's thread, mid-INSERT
+        monkeypatch.setattr(caption_write.ChunkWriter, "_next", fail_second)
     with pytest.raises(RuntimeError, match="disk full"):
         build_captions(ws)
     assert _outputs(ws) == before  # table and captions.jsonl: all or nothing

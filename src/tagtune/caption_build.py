@@ -9,10 +9,6 @@ beside each image.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from tagtune.atomic import atomic_path, write_text_atomic
+from tagtune.caption_write import ChunkWriter, chunk_tables, concat_chunks, write_jsonl
 from tagtune.captions import TAG_GROUPS, build_caption, explain_caption
-from tagtune.catalog import SCHEMA, open_catalog, subset_where
+from tagtune.catalog import open_catalog, subset_where
 from tagtune.errors import InputError, WorkspaceError
 from tagtune.recipe import CaptionConfig
 from tagtune.tokens import TokenCounter
@@ -33,8 +30,6 @@ TOKEN_LIMITS = (75, 150, 225)
 """Caption lengths reported: training reads 75-token chunks, up to 225 tokens."""
 CHUNK_ROWS = 100_000
 """Posts built per chunk: inserting one chunk overlaps building the next."""
-BATCH_ROWS = 25_000
-"""Rows per Arrow record batch handed to DuckDB (it can scan batches in parallel)."""
 HISTOGRAM_EDGES = tuple(range(0, 251, 25))
 """Token-length histogram bins [a, b); the last bin is open-ended."""
 
@@ -215,7 +210,7 @@ def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, json
     starts = list(range(0, n, CHUNK_ROWS)) or [0]
     parts = []
     with atomic_path(jsonl) as tmp:
-        writer = _ChunkWriter(con)
+        writer = ChunkWriter(con)
         writer.start()
         built = False
         try:
@@ -224,7 +219,7 @@ def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, json
                 chunk = posts.slice(start, CHUNK_ROWS)
                 res = build_caption_arrays(chunk, cfg, counter)
                 parts.append(res)
-                rows, chunk_lines = _chunk_tables(chunk, res)
+                rows, chunk_lines = chunk_tables(chunk, res)
                 writer.put(rows)
                 lines.append(chunk_lines)
                 progress("building and writing captions", 1 + i, 1 + len(starts))
@@ -232,142 +227,13 @@ def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, json
                     break
             else:  # while the writer still inserts (ORDER BY: its settings do not matter)
                 with con.cursor() as cur:
-                    write_jsonl(cur, _concat(lines), tmp, atomic=False, order_by="id")
+                    write_jsonl(cur, concat_chunks(lines), tmp, atomic=False, order_by="id")
             built = True
         finally:
             writer.finish(built)
         if writer.error is not None:
             raise writer.error
     return parts
-
-
-class _ChunkWriter(threading.Thread):
-    """Replaces the `captions` table with the built chunks, in one transaction.
-
-    Runs on its own cursor; one INSERT reads every chunk, in order, as it is queued. The
-    first error is kept in `error` (the transaction is rolled back, later chunks dropped).
-    """
-
-    def __init__(self, con) -> None:
-        super().__init__(name="tagtune-caption-writer", daemon=True)
-        self._cur = con.cursor()
-        self._queue: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self._ok = False
-
-    def put(self, rows) -> None:
-        """Queue one built chunk's table rows (blocks while two are waiting)."""
-        self._queue.put(rows)
-
-    def finish(self, ok: bool) -> None:
-        """Commit (`ok`: every chunk was queued) or roll back; wait until it is done."""
-        self._ok = ok
-        self._queue.put(None)
-        self.join()
-
-    def run(self) -> None:
-        cur = self._cur
-        self._ended = False  # the builder's end-of-chunks mark was taken
-        try:
-            cur.execute("BEGIN TRANSACTION")
-            cur.execute("DROP TABLE captions")  # much faster than deleting every row
-            cur.execute(SCHEMA)  # creates it again, empty
-            first = self._next()
-            if first is not None:  # one INSERT for all: a commit of many costs seconds
-                _insert_captions(cur, self._stream(first))
-            self._ended = True
-            if not self._ok:
-                raise _Aborted()
-            cur.execute("COMMIT")
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            if self.error is None and self._ok:  # else the builder raises its own error
-                self.error = exc
-            with contextlib.suppress(Exception):
-                cur.execute("ROLLBACK")
-            while not self._ended and self._queue.get() is not None:  # let the builder finish
-                pass
-        finally:
-            cur.close()
-
-    def _next(self):
-        """The next chunk's captions table rows; None at the end."""
-        rows = self._queue.get()
-        self._ended = rows is None
-        return rows
-
-    def _stream(self, first):
-        """A record batch reader over every chunk, read by DuckDB while chunks are built."""
-        import pyarrow as pa
-
-        def batches():  # runs on DuckDB's scan threads, one at a time
-            rows = first
-            try:
-                while rows is not None:
-                    yield from rows.to_batches(max_chunksize=BATCH_ROWS)
-                    rows = self._next()
-            except BaseException as exc:
-                self.error = self.error or exc  # the first error, not DuckDB's wrapping of it
-                raise
-            if not self._ok:
-                raise _Aborted()
-
-        return pa.RecordBatchReader.from_batches(first.schema, batches())
-
-
-def _chunk_tables(chunk, res):
-    """(captions table rows, captions.jsonl rows) of one built chunk, as Arrow tables."""
-    import pyarrow as pa
-
-    tokens = pa.array(res.tokens, pa.int32())
-    rows = pa.table({"post_id": chunk.column("id"), "caption": res.caption, "tags": res.tags,
-                     "groups": res.groups, "tokens": tokens})  # fmt: skip
-    lines = pa.table(
-        {
-            "id": chunk.column("id"),
-            "md5": chunk.column("md5"),
-            "file": chunk.column("file"),
-            "caption": res.caption,
-            "tokens": tokens,
-            "favorite": chunk.column("favorite"),
-        }
-    )
-    return rows, lines
-
-
-def _concat(tables: list):
-    """One Arrow table of all chunks (no copy: the columns become chunked)."""
-    import pyarrow as pa
-
-    return _batched(pa.concat_tables(tables))
-
-
-def _batched(table):
-    """The same rows in record batches of at most BATCH_ROWS (no copy).
-
-    DuckDB scans an Arrow table one record batch per thread: one big batch would be
-    written by one thread.
-    """
-    import pyarrow as pa
-
-    return pa.Table.from_batches(table.to_batches(max_chunksize=BATCH_ROWS), table.schema)
-
-
-class _Aborted(Exception):
-    """The builder stopped early: roll back."""
-
-
-def _insert_captions(cur, table) -> None:
-    """Insert `table`'s rows into `captions` (inside the writer's transaction)."""
-    cur.register("_new_captions", table)
-    cur.execute("SET preserve_insertion_order = false")  # lets DuckDB write in parallel
-    try:
-        cur.execute(
-            "INSERT INTO captions (post_id, caption, tags, groups, tokens) "
-            "SELECT post_id, caption, tags, groups, tokens FROM _new_captions"
-        )
-    finally:
-        cur.execute("RESET preserve_insertion_order")  # later statements keep row order
-        cur.unregister("_new_captions")
 
 
 def _summarise(summary: CaptionSummary, cfg: CaptionConfig, posts, parts: list) -> None:
@@ -428,24 +294,6 @@ def _in_id_order(table):
     return pa.concat_tables(
         [table.slice(int(order[a]), b - a) for a, b in zip(starts, ends, strict=True)]
     )
-
-
-def write_jsonl(con, table, path: Path, atomic: bool = True, order_by: str = "") -> None:
-    """Write an Arrow table as JSON lines (one object per row, columns in order), atomically.
-
-    Rows keep the table's order, or follow `order_by` (a column) whatever DuckDB's settings.
-    """
-    con.register("_jsonl_rows", table)
-    rows = f"(SELECT * FROM _jsonl_rows ORDER BY {order_by})" if order_by else "_jsonl_rows"
-    try:
-        with atomic_path(path) if atomic else contextlib.nullcontext(path) as tmp:
-            con.execute(f"COPY {rows} TO '{_sql_path(tmp)}' (FORMAT json)")
-    finally:
-        con.unregister("_jsonl_rows")
-
-
-def _sql_path(path: Path) -> str:
-    return os.fspath(path).replace("'", "''")
 
 
 def show_caption(ws: Workspace, post_id: int, cfg: CaptionConfig | None = None) -> dict[str, Any]:
