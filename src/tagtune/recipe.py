@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tagtune.errors import RecipeError
+from tagtune.recipe_errors import recipe_error
 
 SCHEMA_VERSION = 1
 RECIPE_FILE = "tagtune.toml"
@@ -427,65 +428,7 @@ def migrate(data: dict[str, Any], file: str | Path | None = None) -> dict[str, A
     return data
 
 
-# --- loading and errors ----------------------------------------------------------------
-
-
-def _loc_to_key(loc: tuple[Any, ...]) -> str:
-    key = ""
-    for part in loc:
-        if isinstance(part, int):
-            key += f"[{part}]"
-        else:
-            key += ("." if key else "") + str(part)
-    return key
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the last key of `loc` (for 'allowed keys')."""
-    model: Any = Recipe
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = (
-            model.model_fields.get(part)
-            if isinstance(model, type) and issubclass(model, BaseModel)
-            else None
-        )
-        if field is None:
-            return None
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        model = next(
-            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
-        )
-        if model is None:
-            return None
-    return model
-
-
-def _error_from_validation(exc: ValidationError, file: str | Path | None) -> RecipeError:
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    key = _loc_to_key(loc)
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        owner = _model_at(loc)
-        allowed = ", ".join(owner.model_fields) if owner else None
-        return RecipeError("unknown key", file=file, field=key, allowed=allowed)
-    if kind == "literal_error":
-        return RecipeError(
-            "not an allowed value",
-            file=file,
-            field=key,
-            value=err.get("input"),
-            allowed=str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", "),
-        )
-    if kind == "missing":
-        return RecipeError("required key is missing", file=file, field=key)
-    if kind == "value_error":
-        return RecipeError(str(ctx.get("error", err["msg"])), file=file)
-    return RecipeError(err["msg"].lower(), file=file, field=key or None, value=err.get("input"))
+# --- loading ---------------------------------------------------------------------------
 
 
 def parse_recipe(data: dict[str, Any], file: str | Path | None = None) -> Recipe:
@@ -494,7 +437,7 @@ def parse_recipe(data: dict[str, Any], file: str | Path | None = None) -> Recipe
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise _error_from_validation(exc, file) from None
+        raise recipe_error(exc, Recipe, file) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
