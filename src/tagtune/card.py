@@ -141,34 +141,28 @@ def _export_hashes(
     return path.name, hashes
 
 
-def _quality_rows(bands: list[dict[str, Any]]) -> list[list[str]]:
+def _band_rows(bands: list[dict[str, Any]], key: str, show, first: str, middle: str, last: str):
+    """Rows (range, tag) of bands listed highest first, each [its bound, the previous bound)."""
     rows, upper = [], None
     for band in bands:
-        low = band["min"]
+        low = band[key]
         if low is None:
-            rng = f"< {_num(upper)}"
+            rng = last.format(hi=show(upper))
         elif upper is None:
-            rng = f">= {_num(low)}"
+            rng = first.format(lo=show(low))
         else:
-            rng = f"{_num(low)} to < {_num(upper)}"
+            rng = middle.format(lo=show(low), hi=show(upper))
         rows.append([rng, band["tag"]])
         upper = low
     return rows
 
 
+def _quality_rows(bands: list[dict[str, Any]]) -> list[list[str]]:
+    return _band_rows(bands, "min", _num, ">= {lo}", "{lo} to < {hi}", "< {hi}")
+
+
 def _period_rows(periods: list[dict[str, Any]]) -> list[list[str]]:
-    rows, upper = [], None
-    for band in periods:
-        start = band["start"]
-        if start is None:
-            rng = f"before {upper}"
-        elif upper is None:
-            rng = f"from {start}"
-        else:
-            rng = f"{start} to before {upper}"
-        rows.append([rng, band["tag"]])
-        upper = start
-    return rows
+    return _band_rows(periods, "start", str, "from {lo}", "{lo} to before {hi}", "before {hi}")
 
 
 def _caption_section(caption: dict[str, Any]) -> list[str]:
