@@ -12,6 +12,7 @@ from tagtune.caption_build import build_captions, show_caption, sidecar_path
 from tagtune.catalog import open_catalog
 from tagtune.cli.main import app
 from tagtune.errors import InputError, WorkspaceError
+from tagtune.ingest.driver import sync_with_recipe
 from tagtune.recipe import parse_recipe
 from tagtune.tokens import TokenCounter
 from tagtune.workspace import init_workspace
@@ -38,6 +39,7 @@ def ws(tmp_path):
     for name in ("a.png", "d.jpg"):
         (w.root / "images" / name).write_bytes(b"not checked here")
     with open_catalog(w.catalog_path) as con:
+        sync_with_recipe(con, w.recipe())  # judged as ingest leaves it (keeps post 3's exclusion)
         con.execute(LATE_POST)  # stored before the others: outputs still come in id order
         con.execute(POSTS)
         con.execute(

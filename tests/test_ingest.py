@@ -402,3 +402,28 @@ def test_relative_sources_are_stored_as_absolute_paths(tmp_path, monkeypatch):
     paths = [Path(p) for (p,) in rows(ws, "SELECT path FROM files")]
     assert len(paths) == 3
     assert all(p.is_absolute() and p.is_file() for p in paths)
+
+
+def test_recipe_changes_reach_captions_without_a_new_ingest(ws, tmp_path):
+    """A tag added to the safety list, or legacy_ratings switched, takes effect at `caption`."""
+    from tagtune.caption_build import build_captions
+
+    images = tmp_path / "img"
+    save_png(images / "1.png", seed=1)
+    save_png(images / "2.png", seed=2)
+    posts = [post(1, rating="s"), post(2, tag_string_general="umbrella")]
+    ingest(ws, [write_jsonl(tmp_path / "d.jsonl", posts)], images=images)
+    build_captions(ws)
+    assert rows(ws, "SELECT post_id FROM captions ORDER BY 1") == [(1,), (2,)]
+    assert "sensitive" in rows(ws, "SELECT caption FROM captions WHERE post_id = 1")[0][0]
+
+    text = ws.recipe_path.read_text()
+    text = text.replace("extra_blocked_tags = []", 'extra_blocked_tags = ["umbrella"]')
+    ws.recipe_path.write_text(text.replace("legacy_ratings = false", "legacy_ratings = true"))
+    summary = build_captions(ws)
+    assert summary.captions == 1
+    assert rows(ws, "SELECT post_id FROM captions") == [(1,)]
+    assert [json.loads(x)["id"] for x in ws.captions_path.read_text().splitlines()] == [1]
+    assert rows(ws, "SELECT rating, rating_raw FROM posts WHERE id = 1") == [("g", "s")]
+    assert "safe" in rows(ws, "SELECT caption FROM captions WHERE post_id = 1")[0][0]
+    assert rows(ws, "SELECT post_id FROM files") == [(1,)]

@@ -91,3 +91,24 @@ def test_errors_name_the_file(tmp_path):
     res = runner.invoke(app, ["status", str(ws.root)])
     assert isinstance(res.exception, WorkspaceError)
     assert res.exception.message() == f"{ws.catalog_path}: no catalog yet"
+
+
+def test_ingest_a_dump_with_images_from_the_command_line(tmp_path):
+    from tagtune.synthetic import iter_synthetic_posts, shape_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    posts = list(iter_synthetic_posts(3, seed=4))
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for p in posts[:2]:  # two posts have their image, named by id; one is metadata only
+        img, _ = shape_image(rng, (96, 96))
+        img.save(images / f"{p['id']}.png")
+    dump = tmp_path / "posts.jsonl"
+    dump.write_text("".join(json.dumps(p) + "\n" for p in posts))
+    ws = init_workspace(tmp_path / "ws")
+    res = runner.invoke(app, ["ingest", str(ws.root), str(dump), "--images", str(images), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert (data["posts"], data["images"]) == (3, 2)

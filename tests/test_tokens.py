@@ -68,3 +68,18 @@ def test_approximation_is_labelled_and_counts_pretokens():
     # letter runs, single digits, punctuation runs: 1, girl, ",", long, hair
     assert counter.count_tags(["1girl", "long hair"]) == 5
     assert counter.count_text("") == 0
+
+
+def test_a_file_that_is_not_the_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
+    from tagtune import clip_vocab
+    from tagtune.errors import DependencyError
+
+    bogus = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    bogus.write_text("not gzip")
+    monkeypatch.setenv("TAGTUNE_CLIP_VOCAB", str(bogus))
+    clip_vocab._bpe_lines.cache_clear()
+    try:
+        with pytest.raises(DependencyError, match="not a CLIP BPE vocabulary"):
+            clip_vocab._bpe_lines()
+    finally:
+        clip_vocab._bpe_lines.cache_clear()

@@ -271,3 +271,19 @@ def test_bf16_weights_train_and_save_in_bf16(tmp_path, tiny_sdxl):
     assert {t.dtype for t in state.values()} == {torch.bfloat16}
     base_te2 = {k: v.to(torch.bfloat16) for k, v in _state(tiny_sdxl.text_encoder_2).items()}
     assert _equal(_state(comps.text_encoder_2), base_te2)
+
+
+def test_training_refuses_a_catalog_judged_with_other_safety_lists(tmp_path, tiny_sdxl):
+    recipe = tiny_train_recipe(epochs=1)
+    ws, lat = make_training_workspace(tmp_path / "ws", recipe, n=4)
+    text = ws.recipe_path.read_text()
+    ws.recipe_path.write_text(
+        text.replace("extra_blocked_tags = []", 'extra_blocked_tags = ["smile"]')
+    )
+    with pytest.raises(TrainingError) as exc:
+        run_training(ws, components=copy.deepcopy(tiny_sdxl), latents=lat, progress=False)
+    assert "safety lists or legacy_ratings changed since the catalog was judged" in str(exc.value)
+    assert (
+        exc.value.hint
+        == "run `tagtune caption WS` (it re-judges the posts and rebuilds the captions)"
+    )

@@ -169,8 +169,11 @@ def build_captions(
     """
     import pyarrow as pa
 
+    from tagtune.ingest.driver import sync_with_recipe
+
     t0 = time.perf_counter()
-    cfg = cfg or ws.recipe().caption
+    recipe = ws.recipe()
+    cfg = cfg or recipe.caption
     if not ws.catalog_path.exists():
         raise WorkspaceError(
             "no catalog yet", file=ws.catalog_path, hint="run `tagtune ingest` first"
@@ -178,6 +181,7 @@ def build_captions(
     counter = counter or TokenCounter(cfg.separator)
     summary = CaptionSummary(tokenizer=counter.method, jsonl=str(ws.captions_path))
     with open_catalog(ws.catalog_path) as con:
+        sync_with_recipe(con, recipe)  # safety lists or legacy_ratings changed since ingest
         progress("reading posts", 0, 3)
         posts = _in_id_order(con.sql(source_query(cfg)).to_arrow_table())
         summary.excluded = int(

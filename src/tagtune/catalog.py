@@ -16,6 +16,7 @@ Tables
   caption: spaces, not underscores), the group of each tag (artist, copyright, character,
   general, meta, quality, rating, period; same length as tags) and its CLIP token count.
 - recommended_tags: the output of `tags suggest`, quoted by the model card.
+- settings: `judged_with` = the safety lists and rating setting posts were last judged with.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ CREATE TABLE IF NOT EXISTS captions (
     tokens      INTEGER,
     built_at    TIMESTAMP DEFAULT current_timestamp
 );
+CREATE TABLE IF NOT EXISTS settings (
+    key         VARCHAR PRIMARY KEY,
+    value       VARCHAR NOT NULL
+);
 CREATE TABLE IF NOT EXISTS recommended_tags (
     subset      VARCHAR NOT NULL,
     rank        INTEGER NOT NULL,
@@ -101,7 +106,11 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
         con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as exc:
         if "lock" not in str(exc).lower():
-            raise
+            raise WorkspaceError(
+                f"not a usable catalog: {str(exc).splitlines()[0]}",
+                file=path,
+                hint="move it aside and run `tagtune ingest` again to rebuild it",
+            ) from None
         raise WorkspaceError(
             "the catalog is in use by another tagtune process",
             file=path,

@@ -56,12 +56,19 @@ def _bpe_lines() -> tuple[str, ...]:
             hint="run `make setup` (downloads the open-clip-torch wheel without installing it) "
             "or set TAGTUNE_CLIP_VOCAB to bpe_simple_vocab_16e6.txt.gz",
         )
-    if path.suffix == ".whl":
-        with zipfile.ZipFile(path) as zf:
-            data = zf.read(VOCAB_MEMBER)
-    else:
-        data = path.read_bytes()
-    return tuple(gzip.decompress(data).decode("utf-8").split("\n"))
+    try:
+        if path.suffix == ".whl":
+            with zipfile.ZipFile(path) as zf:
+                data = zf.read(VOCAB_MEMBER)
+        else:
+            data = path.read_bytes()
+        return tuple(gzip.decompress(data).decode("utf-8").split("\n"))
+    except (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, KeyError) as exc:
+        raise DependencyError(
+            f"not a CLIP BPE vocabulary ({type(exc).__name__}: {exc})",
+            file=path,
+            hint="point TAGTUNE_CLIP_VOCAB at bpe_simple_vocab_16e6.txt.gz or run `make setup`",
+        ) from None
 
 
 def vocab_available() -> bool:

@@ -63,6 +63,8 @@ def init_workspace(
 ) -> Workspace:
     """Create a workspace folder with a commented recipe whose defaults are the reference workflow."""
     ws = Workspace(Path(path))
+    if ws.root.exists() and not ws.root.is_dir():
+        raise WorkspaceError("exists and is not a folder", file=ws.root)
     if ws.recipe_path.exists() and not force:
         raise WorkspaceError(
             f"{RECIPE_FILE} already exists", file=ws.root, hint="use --force to overwrite it"

@@ -9,6 +9,7 @@ the same sources changes nothing, and a new source adds only what is new.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from tagtune.catalog import open_catalog
 from tagtune.errors import InputError
 from tagtune.ingest.favorites import FavoritesResult, mark_favorites
 from tagtune.ingest.images import check_images, index_images
-from tagtune.ingest.normalize import GROUPS, POST_COLUMNS, normalized_sql, posts_select_sql
+from tagtune.ingest.normalize import (
+    GROUPS,
+    POST_COLUMNS,
+    normalized_sql,
+    posts_select_sql,
+    rating_sql,
+)
 from tagtune.ingest.report import catalog_summary
 from tagtune.ingest.sources import (
     Problem,
@@ -29,7 +36,7 @@ from tagtune.ingest.sources import (
     read_folder,
 )
 from tagtune.recipe import Recipe
-from tagtune.safety import blocked_hits_sql, blocked_sql
+from tagtune.safety import blocked_hits_sql, blocked_lists, blocked_sql
 from tagtune.workspace import Workspace
 
 
@@ -332,23 +339,61 @@ def _write_source(
 
 
 def refresh_safety(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
-    """Re-judge every post already in the catalog with the recipe's current safety lists.
+    """Re-judge every post already in the catalog with the recipe's current safety lists and
+    rating setting (`ingest.legacy_ratings`).
 
     Posts are inserted once, so without this a tag added to the recipe later would never
-    reach them. Newly excluded posts lose their file row. Returns how many posts changed.
+    reach them. Newly excluded posts lose their file row and caption. Caption and train call
+    this too, so a recipe change takes effect before anything is built from the catalog.
+    Returns how many posts changed their exclusion.
     """
     hits = blocked_hits_sql([f"tags_{g}" for g in GROUPS], recipe.safety)
     verdict = blocked_sql("hits", "rating_raw", recipe.safety)
+    rating = rating_sql("rating_raw", recipe.ingest.legacy_ratings)
     with transaction(con):
+        con.execute(
+            f"UPDATE posts SET rating = {rating} WHERE rating IS DISTINCT FROM {rating}"
+        ).fetchall()
         changed = con.execute(
             f"UPDATE posts SET excluded = v.reason FROM (SELECT id, {verdict} AS reason FROM "
             f"(SELECT id, rating_raw, {hits} AS hits FROM posts)) v "
             "WHERE posts.id = v.id AND posts.excluded IS DISTINCT FROM v.reason"
         ).fetchone()[0]
-        con.execute(
-            "DELETE FROM files WHERE post_id IN (SELECT id FROM posts WHERE excluded IS NOT NULL)"
-        )
+        for table in ("files", "captions"):
+            con.execute(
+                f"DELETE FROM {table} WHERE post_id IN "
+                "(SELECT id FROM posts WHERE excluded IS NOT NULL)"
+            )
     return int(changed)
+
+
+def judged_with(recipe: Recipe) -> str:
+    """The recipe settings that decide `posts.excluded` and `posts.rating`, as one string."""
+    always, unless_general = blocked_lists(recipe.safety)
+    return json.dumps(
+        {"always": sorted(always), "unless_general": sorted(unless_general),
+         "legacy_ratings": recipe.ingest.legacy_ratings},
+        sort_keys=True,
+    )  # fmt: skip
+
+
+def catalog_is_current(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> bool:
+    """True when the catalog's posts were judged with the recipe's current safety and ratings."""
+    try:
+        rows = con.execute("SELECT value FROM settings WHERE key = 'judged_with'").fetchall()
+    except duckdb.CatalogException:  # a catalog from before the settings table
+        return False
+    return bool(rows) and rows[0][0] == judged_with(recipe)
+
+
+def sync_with_recipe(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
+    """Re-judge the catalog (`refresh_safety`) when the recipe's safety lists or
+    `legacy_ratings` changed since it was last judged; returns how many posts changed."""
+    if catalog_is_current(con, recipe):
+        return 0
+    changed = refresh_safety(con, recipe)
+    con.execute("INSERT OR REPLACE INTO settings VALUES ('judged_with', ?)", [judged_with(recipe)])
+    return changed
 
 
 def ingest(
@@ -376,7 +421,7 @@ def ingest(
         raise InputError("favorites list not found", file=favorites, field="--favorites")
     added: dict[str, dict[str, int]] = {}
     with open_catalog(ws.catalog_path) as con:
-        refresh_safety(con, recipe)
+        sync_with_recipe(con, recipe)
         for src in sources:
             task = progress.add_task(f"reading {Path(src).name}", total=None) if progress else None
             added[str(src)] = ingest_source(con, Path(src), recipe, images, progress)

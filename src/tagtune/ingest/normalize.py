@@ -91,6 +91,12 @@ def normalized_sql(raw: str = "_raw") -> str:
     """
 
 
+def rating_sql(raw: str, legacy_ratings: bool) -> str:
+    """SQL for the modern rating letter from the rating as read (old `s` = safe -> `g` if legacy)."""
+    rating = safety_rating_sql(raw)
+    return f"(CASE WHEN {rating} = 's' THEN 'g' ELSE {rating} END)" if legacy_ratings else rating
+
+
 def posts_select_sql(
     norm: str,
     legacy_ratings: bool,
@@ -103,8 +109,7 @@ def posts_select_sql(
     Records without a valid id are dropped; `all_have_ids` (known from the reader's pass)
     leaves the filter out, which DuckDB would otherwise run as a second JSON parse.
     """
-    rating = safety_rating_sql("rating_raw")
-    mapped = f"(CASE WHEN {rating} = 's' THEN 'g' ELSE {rating} END)" if legacy_ratings else rating
+    mapped = rating_sql("rating_raw", legacy_ratings)
     hits = blocked_hits_sql([f"tags_{g}" for g in GROUPS], safety)
     src = source.replace("'", "''")
     return f"""

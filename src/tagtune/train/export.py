@@ -41,7 +41,8 @@ def tag_frequency(ws: Workspace, top: int = TOP_TAGS) -> dict[str, int]:
         return {}
     with open_catalog(ws.catalog_path, read_only=True) as con:
         rows = con.execute(
-            "SELECT tag, count(*) AS n FROM (SELECT unnest(tags) AS tag FROM captions) "
+            "SELECT tag, count(*) AS n FROM (SELECT unnest(c.tags) AS tag FROM captions c "
+            "JOIN posts ON posts.id = c.post_id WHERE posts.excluded IS NULL) "
             "GROUP BY tag ORDER BY n DESC, tag LIMIT ?",
             [top],
         ).fetchall()

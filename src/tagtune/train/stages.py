@@ -45,7 +45,15 @@ class TrainSummary:
 
 def load_examples(ws: Workspace, stage: StageConfig, latents: Any, flip: bool = False):
     """Examples of a stage's subset that have a caption and a cached latent; (examples, missing)."""
+    from tagtune.ingest.driver import catalog_is_current
+
     with open_catalog(ws.catalog_path, read_only=True) as con:
+        if not catalog_is_current(con, ws.recipe()):
+            raise TrainingError(
+                "the recipe's safety lists or legacy_ratings changed since the catalog was judged",
+                file=ws.catalog_path,
+                hint="run `tagtune caption WS` (it re-judges the posts and rebuilds the captions)",
+            )
         check_subset(con, stage.subset)
         rows = con.execute(
             "SELECT c.post_id, c.caption, c.tags FROM captions c JOIN posts ON posts.id = c.post_id "

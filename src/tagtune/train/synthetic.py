@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from tagtune.catalog import open_catalog
+from tagtune.ingest.driver import sync_with_recipe
 from tagtune.recipe import Recipe
 from tagtune.train.data import keyed_generator
 from tagtune.workspace import Workspace, init_workspace
@@ -116,6 +117,7 @@ def make_training_workspace(
                 [i, ", ".join(tags), tags, ["general"] * len(tags), 2 * len(tags)],
             )
             buckets[i] = tuple(sizes[(i - 1) % len(sizes)])
+        sync_with_recipe(con, recipe)  # judged with this recipe, as ingest and caption leave it
     return ws, InMemoryLatents(buckets, seed)
 
 
