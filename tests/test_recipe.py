@@ -117,6 +117,10 @@ def test_init_writes_a_loadable_recipe_and_refuses_to_overwrite(tmp_path):
         ('[caption]\norder = ["artist", "artist"]\n', "caption.order: a group appears twice"),
         ('[caption]\norder = ["artists"]\n', "caption.order[0] = 'artists': not an allowed value"),
         (
+            '[caption]\nratings = { g = ["safe"], x = ["nsfw"] }\n',
+            "caption.ratings: unknown rating letter(s) ['x'] (allowed: g, s, q, e)",
+        ),
+        (
             "schema_version = 99\n",
             "schema_version = 99: unsupported recipe version (allowed: 0..1)",
         ),

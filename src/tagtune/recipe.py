@@ -173,6 +173,11 @@ class CaptionConfig(Strict):
             )
         if any(a <= b for a, b in zip(starts[:-2], starts[1:-1], strict=True)):
             raise ValueError("caption.periods: starts must go from newest to oldest")
+        unknown = sorted(set(self.ratings) - {"g", "s", "q", "e"})
+        if unknown:
+            raise ValueError(
+                f"caption.ratings: unknown rating letter(s) {unknown} (allowed: g, s, q, e)"
+            )
         if len(set(self.order)) != len(self.order):
             raise ValueError(f"caption.order: a group appears twice in {self.order}")
         return self
