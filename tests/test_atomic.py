@@ -40,3 +40,18 @@ def test_atomic_dir_is_marked_complete_only_on_success(tmp_path):
         (d / "w.bin").write_bytes(b"1")
     assert (tmp_path / "s2" / "COMPLETE").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_writer_that_recreates_the_file_still_gets_normal_permissions(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from tagtune.atomic import atomic_path
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "shard.safetensors") as tmp:
+            save_file({"x": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "shard.safetensors").stat().st_mode & 0o777 == 0o644

@@ -36,3 +36,15 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert f"| Training steps | {run['totals']['steps']} |" in card
     assert [s["status"] for s in run["stages"]] == ["complete", "complete"]
     assert len(list(paths["samples"].glob("*.png"))) >= 3  # images + grid
+
+
+def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
+    from tagtune.demo import run_demo
+    from tagtune.errors import InputError
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("my work")
+    with pytest.raises(InputError, match="not a demo folder"):
+        run_demo(precious)
+    assert (precious / "thesis.txt").read_text() == "my work"

@@ -288,3 +288,15 @@ def test_index_round_trips_through_the_cache_file(tmp_path):
     assert list(loaded.tags) == ["^_^", "blue sky", "fate (series)", "smile", "ümlaut tag"]
     assert list(loaded.post_ids) == [1, 2] and loaded.fingerprint == built.fingerprint
     assert (loaded.X != built.X).nnz == 0 and loaded.X.nnz == 6
+
+
+@pytest.mark.parametrize("clause", ["1=1) or (1=1", "TRUE) OR (TRUE", "score > 0; DROP TABLE posts",
+                                    "score > 0 -- x", "rating = 'g", "(score > 0"])  # fmt: skip
+def test_a_subset_clause_cannot_reach_around_the_safety_filter(clause):
+    from tagtune.catalog import subset_where
+
+    with pytest.raises(InputError, match="it must be one condition over posts"):
+        subset_where(clause)
+    assert subset_where("rating in ('g', 's') and tags_general[1] = ')'").endswith(
+        "(rating in ('g', 's') and tags_general[1] = ')')"
+    )

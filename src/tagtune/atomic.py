@@ -50,6 +50,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     _normal_mode(tmp_path)
     try:
         yield tmp_path
+        _normal_mode(tmp_path)  # writers that create their own file (safetensors) make it 0600
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)

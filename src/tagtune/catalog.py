@@ -142,8 +142,40 @@ def subset_where(subset: str) -> str:
     elif s == "favorites":
         cond = "posts.favorite"
     else:
+        _check_clause(s)
         cond = f"({s})"
     return f"posts.excluded IS NULL AND {cond}"
+
+
+def _check_clause(clause: str) -> None:
+    """Refuse a WHERE clause that could reach outside its parentheses (and so around the
+    safety filter), or run a second statement: brackets must balance outside quotes, and
+    `;`, `--` and `/*` are not allowed there."""
+    depth, quote, i = 0, "", 0
+    while i < len(clause):
+        ch = clause[i]
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                break
+        elif ch == ";" or clause.startswith(("--", "/*"), i):
+            depth = -1
+            break
+        i += 1
+    if depth != 0 or quote:
+        raise InputError(
+            "invalid subset WHERE clause: it must be one condition over posts (balanced "
+            "brackets and quotes; no ;, -- or /*)",
+            field="subset",
+            value=clause,
+        )
 
 
 def check_subset(con: duckdb.DuckDBPyConnection, subset: str) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tagtune.errors import InputError
 from tagtune.recipe import (
     BucketConfig,
     ExportConfig,
@@ -26,6 +27,7 @@ from tagtune.recipe import (
 )
 
 DEMO_PROMPT_FALLBACK = "1girl, smile, blue sky"
+DEMO_MARKER = ".tagtune-demo"
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,17 @@ def run_demo(
 
     root = Path(folder)
     if root.exists():
+        if not root.is_dir() or (any(root.iterdir()) and not (root / DEMO_MARKER).is_file()):
+            raise InputError(
+                "not a demo folder (it holds other files); the demo replaces only its own",
+                file=root,
+                hint="give an empty or new folder",
+            )
         shutil.rmtree(root)
     root.mkdir(parents=True)
+    (root / DEMO_MARKER).write_text(
+        "written by `tagtune demo`; the next demo replaces this folder\n"
+    )
     result = DemoResult(root=root, workspace=root / "workspace")
     say = step or (lambda _msg: None)
 

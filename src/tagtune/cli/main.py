@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -52,8 +53,17 @@ for module in (
     module.register(app)
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Entry point: run the app; a TagtuneError becomes `error: ...` (+ hint) and exit code 2."""
+    """Entry point: run the app; a TagtuneError becomes `error: ...` (+ hint) and exit code 2.
+
+    SIGTERM (timeout, a job scheduler, `docker stop`) is handled like Ctrl-C, so long verbs
+    keep what they finished (prepare's encoded shard, for one) before they exit.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except TagtuneError as exc:

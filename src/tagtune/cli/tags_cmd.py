@@ -65,7 +65,7 @@ def top(
     subset: str = typer.Option("all", "--subset", help=SUBSET_HELP),
     where: str = typer.Option(None, "--where", help=WHERE_HELP),
     group: str = typer.Option(None, "--group", help="Only this group: artist, general, ..."),
-    n: int = typer.Option(50, "-n", help="How many tags."),
+    n: int = typer.Option(50, "-n", min=1, help="How many tags."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Tag frequency table of a subset, optionally of one tag group."""
@@ -83,7 +83,7 @@ def top(
 def similar(
     ctx: typer.Context,
     tag: str = typer.Argument(..., help="Tag, as in captions (long hair) or Danbooru (long_hair)."),
-    n: int = typer.Option(20, "-n", help="How many tags."),
+    n: int = typer.Option(20, "-n", min=1, help="How many tags."),
     subset: str = typer.Option("all", "--subset", help=SUBSET_HELP),
     where: str = typer.Option(None, "--where", help=WHERE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -107,7 +107,7 @@ def suggest(
     ),
     against: str = typer.Option("all", "--against", help="Reference set: all, favorites or SQL."),
     where: str = typer.Option(None, "--where", help=WHERE_HELP),
-    n: int = typer.Option(20, "-n", help="How many tags."),
+    n: int = typer.Option(20, "-n", min=1, help="How many tags."),
     min_count: int = typer.Option(20, "--min-count", help="Leave out tags on fewer posts."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -135,7 +135,7 @@ def chart(
     out: Path = typer.Option(None, "--out", help="PNG to write (default: WS/out/tags.png)."),
     subset: str = typer.Option("all", "--subset", help=SUBSET_HELP),
     where: str = typer.Option(None, "--where", help=WHERE_HELP),
-    n: int = typer.Option(30, "-n", help="How many top tags."),
+    n: int = typer.Option(30, "-n", min=1, help="How many top tags."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Bar chart of the top tags and of the quality/rating/period distribution (PNG)."""
