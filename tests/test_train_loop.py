@@ -167,6 +167,14 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tmp_pat
     with pytest.raises(TrainingError) as err:
         run_training(ws, resume=True, components=copy.deepcopy(tiny_sdxl), latents=lat, progress=False)  # fmt: skip
     assert "was written with 4 steps per epoch, the recipe and data now give 2" in str(err.value)
+    changed.train.stages[0].batch_size = 1
+    changed.train.stages[0].lr_unet = 5e-4
+    init_workspace(ws.root, changed, force=True)
+    with pytest.raises(TrainingError) as err:
+        run_training(ws, resume=True, components=copy.deepcopy(tiny_sdxl), latents=lat, progress=False)  # fmt: skip
+    assert "stage 'main' changed since the state was written: lr_unet 0.001 -> 0.0005" in str(
+        err.value
+    )
     init_workspace(ws.root, recipe, force=True)
     (states / "step-99").mkdir()
     summary = run_training(ws, resume=True, components=copy.deepcopy(tiny_sdxl), latents=lat, progress=False)  # fmt: skip

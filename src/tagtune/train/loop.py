@@ -98,7 +98,7 @@ def train_stage(job: StageJob) -> StageResult:
     step, saved, final_loss, epoch_loss = 0, -1, None, []
     if job.resume_from is not None:
         meta = load_state(job.resume_from, trained, optimizer, rt.rank)
-        check_resumable(meta, per_epoch, job.resume_from)
+        check_resumable(meta, per_epoch, job.resume_from, job.stage, cfg.seed)
         step, saved, final_loss = meta["step"], meta["step"], meta["final_loss"]
         epoch_loss = list(meta["epoch_losses"])
         if scaler is not None and meta.get("scaler"):
@@ -244,6 +244,8 @@ def checkpoint(
             "batch_in_epoch": step % per_epoch,
             "steps_per_epoch": per_epoch,
             "world_size": job.runtime.world_size,
+            "seed": job.train.seed,
+            "settings": job.stage.model_dump(mode="json"),
             **losses,
             "scaler": scaler.state_dict() if scaler is not None else None,
         }
@@ -254,12 +256,23 @@ def checkpoint(
     return step
 
 
-def check_resumable(meta: dict[str, Any], per_epoch: int, path: Path) -> None:
-    """A state only continues the run that wrote it: the steps per epoch must not change."""
+def check_resumable(
+    meta: dict[str, Any], per_epoch: int, path: Path, stage: StageConfig, seed: int
+) -> None:
+    """A state only continues the run that wrote it: same stage settings, seed and steps per
+    epoch, so the resumed run ends where the uninterrupted one would have."""
     if meta["steps_per_epoch"] != per_epoch:
         raise TrainingError(
             f"the state was written with {meta['steps_per_epoch']} steps per epoch, the recipe "
             f"and data now give {per_epoch} (batch size, repeats, subset or processes changed)",
+            file=path, hint="restore the settings, or remove the stage folder to start over",
+        )  # fmt: skip
+    now = {**stage.model_dump(mode="json"), "seed": seed}
+    then = {**meta.get("settings", now), "seed": meta.get("seed", seed)}
+    changed = [f"{k} {then.get(k)!r} -> {v!r}" for k, v in now.items() if then.get(k) != v]
+    if changed:
+        raise TrainingError(
+            f"stage {stage.name!r} changed since the state was written: {', '.join(changed)}",
             file=path, hint="restore the settings, or remove the stage folder to start over",
         )  # fmt: skip
 
