@@ -96,6 +96,10 @@ CREATE TABLE IF NOT EXISTS recommended_tags (
 """
 
 
+class CatalogBusyError(WorkspaceError):
+    """Another process holds the catalog (DuckDB allows one writer, or readers only)."""
+
+
 def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (and create, unless read-only) the catalog with its schema in place."""
     path = Path(path)
@@ -111,7 +115,7 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
                 file=path,
                 hint="move it aside and run `tagtune ingest` again to rebuild it",
             ) from None
-        raise WorkspaceError(
+        raise CatalogBusyError(
             "the catalog is in use by another tagtune process",
             file=path,
             hint="wait for it to finish, then run this again",

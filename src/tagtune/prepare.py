@@ -18,7 +18,7 @@ from typing import Any
 
 from tagtune.atomic import atomic_path
 from tagtune.buckets import Bucket, StagePlan, count_buckets, plan_steps
-from tagtune.catalog import check_subset, open_catalog, subset_where
+from tagtune.catalog import CatalogBusyError, check_subset, open_catalog, subset_where
 from tagtune.errors import RecipeError, WorkspaceError
 from tagtune.latents import PrepareItem, PrepareResult, Problem, encode_images
 from tagtune.workspace import Workspace
@@ -179,7 +179,7 @@ def _record_problems(ws: Workspace, post_ids: Sequence[int], problems: Sequence[
                     )
                 con.execute("COMMIT")
             return
-        except duckdb.IOException:
+        except (duckdb.IOException, CatalogBusyError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
