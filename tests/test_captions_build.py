@@ -133,6 +133,7 @@ def test_show_explains_one_post(ws):
     assert why["period"]["why"] == "date 2019-05-05 in [2018-01-01, 2021-01-01)"
     excluded = show_caption(ws, 3)
     assert excluded["excluded"] == "blocked: test" and excluded["caption"] is None
+    assert excluded["groups"] == []  # an excluded post's tags are not shown either
     with pytest.raises(InputError) as exc:
         show_caption(ws, 99)
     assert exc.value.message() == f"{ws.catalog_path}: id = 99: no such post in the catalog"

@@ -295,3 +295,9 @@ def test_training_refuses_a_catalog_judged_with_other_safety_lists(tmp_path, tin
         exc.value.hint
         == "run `tagtune caption WS` (it re-judges the posts and rebuilds the captions)"
     )
+
+
+def test_resume_without_a_state_says_it_starts_at_step_0(tmp_path, tiny_sdxl):
+    recipe = tiny_train_recipe(epochs=1, **FROZEN_TE)
+    _, _, _, summary = _train(tmp_path, tiny_sdxl, recipe, n=2, resume=True)
+    assert "stage 'main': no resumable state, starting at step 0" in summary.notes

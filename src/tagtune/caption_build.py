@@ -325,5 +325,5 @@ def show_caption(ws: Workspace, post_id: int, cfg: CaptionConfig | None = None) 
         "caption": parts.text if included else None,
         "tokens": counter.count_tags(parts.tags) if included else None,
         "tokenizer": counter.method,
-        "groups": explain_caption(post, cfg),
+        "groups": explain_caption(post, cfg) if included else [],  # never show its tags
     }

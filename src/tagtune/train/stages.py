@@ -186,6 +186,8 @@ def run_training(
             )  # fmt: skip
         if resume_from is not None:
             summary.notes.append(f"stage {st.name!r}: resuming from {resume_from.name}")
+        elif resume:
+            summary.notes.append(f"stage {st.name!r}: no resumable state, starting at step 0")
         latents = latents if latents is not None else open_latents(ws, components)
         examples, missing = load_examples(ws, st, latents, recipe.buckets.flip)
         if missing:
