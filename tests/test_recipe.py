@@ -148,3 +148,11 @@ def test_invalid_toml_names_the_file(tmp_path):
     path.write_text("[train\n")
     with pytest.raises(RecipeError, match="not valid TOML"):
         load_recipe(path)
+
+
+def test_workspace_resolves_recipe_and_catalog_paths(tmp_path, monkeypatch):
+    ws = init_workspace(tmp_path / "ws")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert ws.resolve("base/model.safetensors") == ws.root / "base/model.safetensors"
+    assert ws.resolve("~/m.safetensors") == tmp_path / "home/m.safetensors"
+    assert ws.resolve(tmp_path / "abs.png") == tmp_path / "abs.png"

@@ -121,11 +121,6 @@ def _field_summary(cfg: CaptionConfig, counts: dict[str, dict[str, int]], s: Cap
         )
 
 
-def _resolve(ws: Workspace, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else ws.root / p
-
-
 def sidecar_path(image: Path) -> Path:
     """The kohya caption sidecar of an image: `image.png` -> `image.txt`."""
     return image.with_suffix(".txt")
@@ -138,7 +133,7 @@ def write_sidecars(ws: Workspace, rows: list[tuple[str, str]], progress: Progres
     """
     done = 0
     for i, (image, caption) in enumerate(rows):
-        target = sidecar_path(_resolve(ws, image))
+        target = sidecar_path(ws.resolve(image))
         if not target.parent.is_dir():
             raise InputError("image folder is missing", file=target.parent, field="files.path")
         try:

@@ -124,8 +124,7 @@ def _export_hashes(
         raise WorkspaceError(
             "the run has no export yet", file=run_path, hint="run `tagtune export` first"
         )
-    path = Path(export["path"])
-    file = path if path.is_absolute() else ws.root / path
+    file = ws.resolve(export["path"])
     hashes = dict(export.get("hashes") or {})
     if not all(hashes.get(k) for k, _ in HASH_ROWS):
         if not file.is_file():
@@ -138,7 +137,7 @@ def _export_hashes(
             **{k: v for k, v in file_hashes(file).items() if v},
             **{k: v for k, v in hashes.items() if v},
         }
-    return path.name, hashes
+    return file.name, hashes
 
 
 def _band_rows(bands: list[dict[str, Any]], key: str, show, first: str, middle: str, last: str):

@@ -104,11 +104,6 @@ def plan_workspace(ws: Workspace, world_size: int = 1) -> PreparePlan:
     )
 
 
-def _resolve(ws: Workspace, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else ws.root / path
-
-
 def _require_base(ws: Workspace) -> None:
     if not ws.recipe().model.base:
         raise RecipeError(
@@ -126,9 +121,9 @@ def load_recipe_vae(ws: Workspace) -> Any:
     _require_base(ws)
     from tagtune.models.load import load_model
 
-    vae = load_model(_resolve(ws, recipe.model.base)).vae.eval()
+    vae = load_model(ws.resolve(recipe.model.base)).vae.eval()
     if recipe.model.vae:
-        replace_vae_weights(vae, _resolve(ws, recipe.model.vae))
+        replace_vae_weights(vae, ws.resolve(recipe.model.vae))
     return vae
 
 

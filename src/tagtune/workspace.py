@@ -41,6 +41,11 @@ class Workspace:
     def out_dir(self) -> Path:
         return self.root / "out"
 
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the recipe or the catalog: `~` expanded, relative ones under the workspace."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.root / p
+
     def recipe(self) -> Recipe:
         """Load and validate this workspace's recipe."""
         return load_recipe(self.recipe_path)

@@ -79,7 +79,7 @@ def captions_sha256(examples: list[Example]) -> str:
 
 def base_model_info(ws: Workspace, recipe: Recipe, components: Any) -> dict[str, str]:
     """Path and hashes of the base model (empty hashes for in-memory models)."""
-    path = ws.root / recipe.model.base if recipe.model.base else None
+    path = ws.resolve(recipe.model.base) if recipe.model.base else None
     if path is not None and path.is_file():
         from tagtune.hashes import file_hashes
 
@@ -101,8 +101,8 @@ def load_base(ws: Workspace, recipe: Recipe) -> Any:
         )  # fmt: skip
     from tagtune.models.load import load_model
 
-    tokenizers = str(ws.root / recipe.model.tokenizers) if recipe.model.tokenizers else None
-    return load_model(ws.root / recipe.model.base, tokenizers=tokenizers)
+    tokenizers = str(ws.resolve(recipe.model.tokenizers)) if recipe.model.tokenizers else None
+    return load_model(ws.resolve(recipe.model.base), tokenizers=tokenizers)
 
 
 def open_latents(ws: Workspace, components: Any) -> Any:
