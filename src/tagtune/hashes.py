@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tagtune.errors import InputError
+from tagtune.workers import Background
 
 CHUNK_BYTES = 8 * 1024 * 1024
 POOL_BUFFERS = 6
@@ -97,27 +98,6 @@ def _blake3():
     return blake3.blake3(max_threads=threads)
 
 
-class _Worker(threading.Thread):
-    """Runs one hasher over the shared chunks it is handed, in order."""
-
-    def __init__(self, hasher, release: Callable[[int], None]) -> None:
-        super().__init__(daemon=True)
-        self.hasher, self.release = hasher, release
-        self.inbox: queue.Queue = queue.Queue()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        while (item := self.inbox.get()) is not None:
-            slot, view = item
-            try:
-                if self.error is None:
-                    self.hasher.update(view)
-            except BaseException as exc:  # reported by file_hashes, never lost
-                self.error = exc
-            finally:
-                self.release(slot)
-
-
 def _fan_out(fh, hashers: dict, chunk_bytes: int, progress: Callable[[int], None] | None) -> int:
     """Read `fh` once into a pool of buffers; every hasher thread sees every chunk, in order.
 
@@ -136,9 +116,10 @@ def _fan_out(fh, hashers: dict, chunk_bytes: int, progress: Callable[[int], None
             if pending[slot] == 0:
                 free.put(slot)
 
-    workers = {name: _Worker(h, release) for name, h in hashers.items()}
-    for w in workers.values():
-        w.start()
+    workers = {
+        name: Background(lambda item, h=h: h.update(item[1]), lambda item: release(item[0]), 0)
+        for name, h in hashers.items()
+    }
     pos = 0
     try:
         while True:
@@ -149,18 +130,19 @@ def _fan_out(fh, hashers: dict, chunk_bytes: int, progress: Callable[[int], None
             view = memoryview(pool[slot])[:n]
             pending[slot] = len(workers)
             for w in workers.values():
-                w.inbox.put((slot, view))
+                w.q.put((slot, view))
             pos += n
             if progress:
                 progress(pos)
     finally:
-        for w in workers.values():
-            w.inbox.put(None)
-        for w in workers.values():
-            w.join()
-    for name, w in workers.items():
-        if w.error is not None:
-            raise RuntimeError(f"{name}: {w.error}") from w.error
+        errors = {}
+        for name, w in workers.items():
+            try:
+                w.close()
+            except BaseException as exc:  # reported below, named by its hasher
+                errors[name] = exc
+    for name, exc in errors.items():
+        raise RuntimeError(f"{name}: {exc}") from exc
     return pos
 
 

@@ -34,6 +34,7 @@ import torch
 from tagtune.errors import ModelFileError
 from tagtune.models.load import PICKLE_SUFFIXES
 from tagtune.models.safetensors_io import DTYPES, Header, itemsize, read_header
+from tagtune.workers import Background
 
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 DTYPE_NAMES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
@@ -120,52 +121,6 @@ class Pool:
             if self.users[slot] == 0:
                 self.free.append(slot)
                 self.cv.notify_all()
-
-
-class Background:
-    """One worker thread applying `fn` to queued items in order (hashing, writing).
-
-    `done(item)` runs after each item (to release its buffer), also after an error, so the
-    queue always drains and nobody waits forever on a buffer.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[[object], object],
-        done: Callable[[object], None] | None = None,
-        depth: int = 2,
-    ) -> None:
-        self.fn = fn
-        self.done = done
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (item := self.q.get()) is not None:
-            try:
-                if self.error is None:
-                    self.fn(item)
-            except BaseException as exc:  # re-raised in the caller's thread
-                self.error = exc
-            finally:
-                if self.done is not None:
-                    self.done(item)
-
-    def put(self, item: object) -> None:
-        """Queue one item (blocks while the queue is full); raises the worker's error."""
-        if self.error is not None:
-            raise self.error
-        self.q.put(item)
-
-    def close(self) -> None:
-        """Finish the queued work, stop the thread, re-raise its error if any."""
-        if self.thread.is_alive():
-            self.q.put(None)
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 def _pread_into(fd: int, view: memoryview, offset: int, path: Path) -> None:
