@@ -199,3 +199,22 @@ def test_training_samples_are_the_images_tagtune_generate_makes(tiny_sdxl, tmp_p
     )  # fmt: skip
     assert np.array_equal(pixels(sample), pixels(made))
     assert read_png_infotext(sample).prompt == read_png_infotext(made).prompt == LONG
+
+
+def test_training_samples_work_with_a_bf16_unet_beside_fp32_modules(tiny_sdxl, tmp_path):
+    """DeepSpeed bf16 leaves the trained U-Net in bf16 and the VAE and encoders in fp32."""
+    import copy
+
+    import torch
+
+    from tagtune.recipe import Recipe
+    from tagtune.train.sampling import sample_images
+
+    mixed = copy.deepcopy(tiny_sdxl)
+    mixed.unet.to(torch.bfloat16)
+    cfg = Recipe().train.model_copy(
+        update={"sample_prompts": ["1girl, smile"], "sample_steps": 2, "sample_size": (64, 64)}
+    )
+    paths = sample_images(mixed, cfg, tmp_path / "samples", "tiny")
+    assert [p.name for p in paths] == ["00.png", "grid.png"]
+    assert pixels(paths[0]).std() > 0

@@ -263,7 +263,8 @@ def test_fused_backward_refuses_what_it_cannot_do(tmp_path, tiny_sdxl):
         _train(tmp_path, tiny_sdxl, recipe, n=2)
     assert str(err.value) == (
         "train.fused_backward = True: fused_backward needs adafactor, gradient_accumulation 1, "
-        "one process and no fp16 loss scaling, but stage 'main' has optimizer = 'adamw', "
+        "one process without DeepSpeed and no fp16 loss scaling, but stage 'main' has "
+        "optimizer = 'adamw', "
         "gradient_accumulation = 2"
     )
 

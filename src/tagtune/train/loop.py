@@ -40,8 +40,9 @@ from tagtune.train.optim import (
     warmup_steps,
 )
 from tagtune.train.runtime import Runtime
-from tagtune.train.state import load_state, prune_states, rng_snapshot, save_state
+from tagtune.train.state import load_state, prune_states, rng_snapshot, save_state, state_meta
 from tagtune.train.te_cache import Encoder
+from tagtune.train.zero import ZeroEngine, check_zero_state, start_engine
 
 
 @dataclass
@@ -87,6 +88,10 @@ def train_stage(job: StageJob) -> StageResult:
     optimizer = build_optimizer(trained, stage, rt.device)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     fused = fused_backward(cfg, stage, rt)
+    # Under a DeepSpeed launch, a ZeRO-2 engine shards gradients and optimizer state
+    zero = (
+        start_engine(trained, optimizer, stage, cfg.mixed_precision, rt) if rt.deepspeed else None
+    )
     scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
     noise_scheduler = training_scheduler(job.components.scheduler_config, job.prediction_type)
     encoder = Encoder(job.components, stage, job.encode_fn)
@@ -97,8 +102,12 @@ def train_stage(job: StageJob) -> StageResult:
     # Start at step 0, or where the resumed state left off (weights, optimizer, RNG, scaler)
     step, saved, final_loss, epoch_loss = 0, -1, None, []
     if job.resume_from is not None:
-        meta = load_state(job.resume_from, trained, optimizer, rt.rank)
+        zero_world = rt.world_size if zero is not None else None
+        check_zero_state(state_meta(job.resume_from), zero_world, job.resume_from)
+        meta = load_state(job.resume_from, trained, None if zero else optimizer, rt.rank)
         check_resumable(meta, per_epoch, job.resume_from, job.stage, cfg.seed)
+        if zero is not None:
+            zero.load_shard(job.resume_from, rt.rank)
         step, saved, final_loss = meta["step"], meta["step"], meta["final_loss"]
         epoch_loss = list(meta["epoch_losses"])
         if scaler is not None and meta.get("scaler"):
@@ -121,17 +130,19 @@ def train_stage(job: StageJob) -> StageResult:
             for m, batch in enumerate(steps[i]):
                 key = (cfg.seed, job.stage_index, step, m)
                 loss += forward_backward(
-                    job, encoder, noise_scheduler, batch, key, len(steps[i]), scaler, fused
+                    job, encoder, noise_scheduler, batch, key, len(steps[i]), scaler, fused, zero
                 )
             # Sum gradients over processes; a NaN/inf loss stops before touching the weights
-            loss = rt.sum_gradients(params, loss)
+            loss = rt.sum_loss(loss) if zero else rt.sum_gradients(params, loss)
             if not math.isfinite(loss):
                 raise TrainingError(
                     f"loss is {loss} at step {step + 1} of stage {stage.name!r}; the last good "
                     f"state is kept", field="loss", value=loss,
                 )  # fmt: skip
             # Clip, step, clear (a fused backward pass has stepped every parameter already)
-            if not fused:
+            if zero is not None:
+                zero.step()
+            elif not fused:
                 optimizer_step(optimizer, params, scaler, stage.max_grad_norm)
             step += 1
             epoch_loss.append(loss)
@@ -141,19 +152,21 @@ def train_stage(job: StageJob) -> StageResult:
             # Resumable state every N steps
             if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0:
                 losses = {"final_loss": final_loss, "epoch_losses": epoch_loss}
-                saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses)
+                saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses, zero)
         # End of epoch: resumable state, samples and optional export
         final_loss = sum(epoch_loss) / len(epoch_loss) if epoch_loss else final_loss
         epoch_loss = []
         last = epoch + 1 == stage.epochs
         if saved != step and ((epoch + 1) % cfg.save_every_n_epochs == 0 or last):
             losses = {"final_loss": final_loss, "epoch_losses": []}
-            saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses)
+            saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses, zero)
         if job.on_epoch_end is not None and rt.is_main:
             job.on_epoch_end(epoch + 1, step)
     monitor.close()
     for h in hooks:
         h.remove()
+    if zero is not None:  # the fp32 master weights go back into the modules
+        zero.finish()
     for m in trained.values():
         m.requires_grad_(False).eval()
     return StageResult(step, final_loss, job.stage_dir / "states" / f"step-{step}")
@@ -168,6 +181,7 @@ def forward_backward(
     micro_batches: int,
     scaler: Any,
     fused: bool = False,
+    zero: ZeroEngine | None = None,
 ) -> float:
     """Loss of this process's share of one global batch, backpropagated; returns its value.
 
@@ -176,8 +190,13 @@ def forward_backward(
     """
     rt = job.runtime
     offset, share = rank_share(batch, rt.rank, rt.world_size)
+    weight = 1.0
     if not share:
-        return 0.0
+        if zero is None:
+            return 0.0
+        # ZeRO reduces gradients during backward, so every process must run one: a share
+        # of zero weight keeps this process in step with the others
+        offset, share, weight = 0, batch[:1], 0.0
     items = [job.examples[i] for i in share]
     records = [e.record for e in items]
     dtype = next(job.components.unet.parameters()).dtype  # fp32, or bf16 weights
@@ -197,14 +216,17 @@ def forward_backward(
             time_ids,
             job.stage.min_snr_gamma,
         )
-    loss = per_sample.sum() / (len(batch) * micro_batches)
+    loss = per_sample.sum() * weight / (len(batch) * micro_batches)
     value = float(loss.detach())
     if fused and not math.isfinite(value):  # backward would step the weights: stop first
         raise TrainingError(
             f"loss is {value} at step {key[2] + 1} of stage {job.stage.name!r}; the last "
             "good state is kept", field="loss", value=value,
         )  # fmt: skip
-    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if zero is not None:
+        zero.backward(loss, last_micro_batch=key[3] == micro_batches - 1)
+    else:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
     return value
 
 
@@ -232,10 +254,23 @@ def checkpoint(
     step: int,
     per_epoch: int,
     losses: dict[str, Any],
+    zero: ZeroEngine | None = None,
 ) -> int:
-    """Write a resumable state at `step` (main process), prune old ones, and wait for all."""
-    rngs = job.runtime.gather(rng_snapshot())
-    if job.runtime.is_main:
+    """Write a resumable state at `step` (main process), prune old ones, and wait for all.
+
+    Under ZeRO-2 every process first writes its shard beside the state, and the weights are
+    the whole fp32 master weights gathered from the shards.
+    """
+    rt = job.runtime
+    rngs = rt.gather(rng_snapshot())
+    states = job.stage_dir / "states"
+    shards = states / f".step-{step}.shards"
+    weights: dict[str, Any] = trained
+    if zero is not None:
+        weights = zero.full_weights()
+        zero.save_shard(shards, rt.rank)
+        rt.barrier()
+    if rt.is_main:
         meta = {
             "stage": job.stage.name,
             "stage_index": job.stage_index,
@@ -243,16 +278,19 @@ def checkpoint(
             "epoch": step // per_epoch,
             "batch_in_epoch": step % per_epoch,
             "steps_per_epoch": per_epoch,
-            "world_size": job.runtime.world_size,
+            "world_size": rt.world_size,
+            "zero_world_size": rt.world_size if zero is not None else None,
             "seed": job.train.seed,
             "settings": job.stage.model_dump(mode="json"),
             **losses,
             "scaler": scaler.state_dict() if scaler is not None else None,
         }
-        states = job.stage_dir / "states"
-        path = save_state(states, step, trained, optimizer, meta, rngs)
+        path = save_state(
+            states, step, weights, None if zero else optimizer, meta, rngs,
+            shards=shards if zero is not None else None,
+        )  # fmt: skip
         prune_states(states, job.train.keep_last, protect=path)
-    job.runtime.barrier()
+    rt.barrier()
     return step
 
 
@@ -287,12 +325,13 @@ def fused_backward(cfg: TrainConfig, stage: StageConfig, rt: Runtime) -> bool:
         if stage.gradient_accumulation > 1
         else "",
         f"{rt.world_size} processes" if rt.world_size > 1 else "",
+        "DeepSpeed" if rt.deepspeed else "",
         "mixed_precision = 'fp16'" if cfg.mixed_precision == "fp16" else "",
     ]
     if any(problems):
         raise TrainingError(
-            f"fused_backward needs adafactor, gradient_accumulation 1, one process and no fp16 "
-            f"loss scaling, but stage {stage.name!r} has {', '.join(p for p in problems if p)}",
+            f"fused_backward needs adafactor, gradient_accumulation 1, one process without "
+            f"DeepSpeed and no fp16 loss scaling, but stage {stage.name!r} has {', '.join(p for p in problems if p)}",
             field="train.fused_backward", value=True,
         )  # fmt: skip
     return True

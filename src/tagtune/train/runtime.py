@@ -1,10 +1,11 @@
-"""Processes and devices: one process, or several under `accelerate launch` (DDP-style).
+"""Processes and devices: one process, or several under `accelerate launch` (DDP or ZeRO-2).
 
 accelerate's PartialState sets up the process group (NCCL on GPUs, gloo on CPUs) from the
 launcher's environment. The modules are not wrapped: after each optimizer step's backward
 passes, gradients are summed over processes here (every process's loss is already divided by
 the global batch), which is what DDP does, and keeps the modules plain for conditioning,
-sampling and saving.
+sampling and saving. Under a DeepSpeed launch the process group is DeepSpeed's, and the
+engine of `tagtune.train.zero` reduces the gradients instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     mixed_precision: str = "no"
+    deepspeed: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -65,6 +67,14 @@ class Runtime:
                     q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
                     offset += q.numel()
                 bucket, size = [], 0
+        return self.sum_loss(loss)
+
+    def sum_loss(self, loss: float) -> float:
+        """The sum of `loss` over processes."""
+        if self.world_size == 1:
+            return loss
+        import torch.distributed as dist
+
         total = torch.tensor([loss], device=self.device, dtype=torch.float64)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return float(total)
@@ -96,20 +106,50 @@ def make_runtime(mixed_precision: str) -> Runtime:
             value=mixed_precision,
             allowed='"no" on this machine',
         )
+    from tagtune.train.zero import is_deepspeed_launch
+
+    if is_deepspeed_launch():
+        return _deepspeed_runtime(mixed_precision)
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
     kind = str(state.distributed_type).rsplit(".", 1)[-1]
-    if kind in ("DEEPSPEED", "FSDP"):
+    if kind == "FSDP":
         raise DependencyError(
-            "this launch mode is not supported by tagtune's loop yet",
+            "FSDP is not supported by tagtune's loop",
             field="distributed_type",
             value=kind,
-            allowed="single process or DDP (accelerate launch --multi_gpu); see docs/multi-gpu.md",
+            allowed="single process, DDP (--multi_gpu) or DeepSpeed ZeRO-2; see docs/multi-gpu.md",
         )
     return Runtime(
         device=torch.device(state.device),
         rank=state.process_index,
         world_size=state.num_processes,
         mixed_precision=mixed_precision,
+    )
+
+
+def _deepspeed_runtime(mixed_precision: str) -> Runtime:
+    """The runtime of a DeepSpeed launch: DeepSpeed's process group, one GPU per process."""
+    import os
+
+    import torch.distributed as dist
+
+    from tagtune.train.zero import import_deepspeed
+
+    deepspeed = import_deepspeed()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+    return Runtime(
+        device=device,
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        mixed_precision=mixed_precision,
+        deepspeed=True,
     )

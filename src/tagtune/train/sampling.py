@@ -6,6 +6,7 @@ scheduler), so samples condition prompts exactly as `tagtune generate` does.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -38,8 +39,11 @@ def sample_images(
     base_seed = cfg.seed if seed is None else seed
     paths, images = [], []
     for i, prompt in enumerate(cfg.sample_prompts):
-        embeddings = prompt_embeddings(components, prompt, cfg.sample_negative)
-        image = render(pipe, embeddings, base_seed + i, cfg.sample_steps, CFG_SCALE, width, height)
+        with mixed_dtype_autocast(components):
+            embeddings = prompt_embeddings(components, prompt, cfg.sample_negative)
+            image = render(
+                pipe, embeddings, base_seed + i, cfg.sample_steps, CFG_SCALE, width, height
+            )
         info = Infotext(
             prompt=prompt,
             negative=cfg.sample_negative,
@@ -56,6 +60,20 @@ def sample_images(
     if images:
         paths.append(save_grid(images, out_dir / "grid.png"))
     return paths
+
+
+def mixed_dtype_autocast(components: Any) -> contextlib.AbstractContextManager:
+    """Autocast to the half dtype when the modules' dtypes differ, else nothing.
+
+    Under DeepSpeed with bf16 the trained modules are bf16 while frozen ones and the VAE
+    stay fp32; the pipeline would hand bf16 latents to an fp32 VAE.
+    """
+    modules = [components.unet, components.vae, components.text_encoder, components.text_encoder_2]
+    dtypes = {next(m.parameters()).dtype for m in modules}
+    half = [d for d in (torch.bfloat16, torch.float16) if d in dtypes]
+    if len(dtypes) == 1 or not half:
+        return contextlib.nullcontext()
+    return torch.autocast(components.unet.device.type, dtype=half[0])
 
 
 def save_grid(images: list[Any], path: Path) -> Path:

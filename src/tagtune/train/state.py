@@ -5,6 +5,8 @@ A state folder `states/step-<N>/` holds
 - `optimizer.safetensors` (every tensor of the optimizer state) + `optimizer.json` (the rest),
 - `rng.safetensors` (torch/cuda RNG of every process) + `state.json` (counters, data position,
   schedule step, grad scaler, numpy and python RNG of every process),
+- under DeepSpeed ZeRO-2, `zero-rank-<r>.safetensors` + `.json` per process (its fp32 shard
+  and optimizer state) instead of the optimizer files,
 - `COMPLETE`, written last by `tagtune.atomic.atomic_dir`; a folder without it is ignored.
 """
 
@@ -95,20 +97,32 @@ def restore_rng(snap: dict[str, Any]) -> None:
 def save_state(
     states_dir: Path,
     step: int,
-    modules: dict[str, torch.nn.Module],
-    optimizer: torch.optim.Optimizer,
+    modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer | None,
     meta: dict[str, Any],
     rngs: list[dict[str, Any]],
+    shards: Path | None = None,
 ) -> Path:
-    """Write `states_dir/step-<step>/` atomically (temp folder, fsync, rename, marker)."""
+    """Write `states_dir/step-<step>/` atomically (temp folder, fsync, rename, marker).
+
+    `modules` maps names to modules or to their state dicts. Without `optimizer` no
+    optimizer files are written; the files in `shards` (each process's DeepSpeed shard) are
+    moved into the state before it is marked complete.
+    """
     target = Path(states_dir) / f"step-{step}"
     with atomic_dir(target, MARKER) as tmp:
         for name, module in modules.items():
-            sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            weights = module.state_dict() if isinstance(module, torch.nn.Module) else module
+            sd = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
             save_file(sd, tmp / f"{name}.safetensors")
-        tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
-        save_file(tensors, tmp / "optimizer.safetensors")
-        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        if optimizer is not None:
+            tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, tmp / "optimizer.safetensors")
+            (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        if shards is not None:
+            for file in sorted(Path(shards).iterdir()):
+                file.replace(tmp / file.name)
+            Path(shards).rmdir()
         rng_tensors: dict[str, torch.Tensor] = {}
         rng_json = []
         for rank, snap in enumerate(rngs):
@@ -131,7 +145,7 @@ def load_state(
     path = Path(path)
     for name, module in modules.items():
         load_weights(path, name, module)
-    meta = json.loads((path / "state.json").read_text())
+    meta = state_meta(path)
     if optimizer is not None:
         opt_meta = json.loads((path / "optimizer.json").read_text())
         optimizer.load_state_dict(
@@ -148,6 +162,11 @@ def load_state(
             }
         )
     return meta
+
+
+def state_meta(path: Path) -> dict[str, Any]:
+    """The `state.json` of a state folder: counters, data position, settings."""
+    return json.loads((Path(path) / "state.json").read_text())
 
 
 def load_weights(path: Path, name: str, module: torch.nn.Module) -> bool:

@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> None:
         progress=False,
     )
     if args.dump_weights:
-        from accelerate import PartialState
+        import torch.distributed as dist
         from safetensors.torch import save_file
 
-        rank = PartialState().process_index
+        rank = dist.get_rank() if dist.is_initialized() else 0
         out = Path(args.dump_weights)
         out.mkdir(parents=True, exist_ok=True)
         for name in ("unet", "text_encoder", "text_encoder_2"):
