@@ -116,6 +116,16 @@ def test_sidecars_beside_each_image(ws):
     ]  # fmt: skip
 
 
+def test_sidecar_of_a_post_excluded_since_is_removed(ws):
+    build_captions(ws, sidecars=True)
+    with open_catalog(ws.catalog_path) as con:
+        con.execute("UPDATE posts SET excluded = 'blocked: later' WHERE id = 1")
+    summary = build_captions(ws, sidecars=True)
+    assert (summary.sidecars, summary.sidecars_removed) == (1, 1)
+    assert sorted(p.name for p in (ws.root / "images").iterdir()) == ["a.png", "d.jpg", "d.txt"]
+    assert build_captions(ws, sidecars=True).sidecars_removed == 0
+
+
 def test_recipe_changes_are_used(ws):
     recipe = parse_recipe({"caption": {"order": ["artist", "general", "meta"]}})
     init_workspace(ws.root, recipe=recipe, force=True)

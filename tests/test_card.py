@@ -125,6 +125,7 @@ def test_hashes_listed_autov2_first(ws):
     assert rows == [
         "| AutoV2 | `ABABABABAB` |",
         f"| SHA-256 | `{'ab' * 32}` |",
+        "| AutoV1 | `12345678` |",
         f"| AutoV3 | `{'cd' * 32}` |",
         "| CRC32 | `0D4A1185` |",
         f"| BLAKE3 | `{'ef' * 32}` |",

@@ -135,6 +135,20 @@ def test_unknown_sampler_lists_the_allowed_ones(tiny_sdxl, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("cfg", -3.0, "--cfg = -3.0: must be at least 1"),
+        ("cfg", float("inf"), "--cfg = inf: must be at least 1"),
+        ("steps", 0, "--steps = 0: must be at least 1"),
+    ],
+)
+def test_out_of_range_settings_are_refused_before_loading(tmp_path, option, value, message):
+    with pytest.raises(InputError) as exc:
+        generate(tmp_path / "absent.safetensors", "smile", size="64x64", **{option: value})
+    assert str(exc.value) == message
+
+
 def test_cli_generate_and_from_png(tiny_sdxl, tmp_path, monkeypatch):
     import tagtune.generate as gen
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -203,6 +204,28 @@ def test_fields_as_read(ws, tmp_path):
     assert got == [
         (f"{7:032x}", "2020-06-01T12:00:00.000-04:00", -3, 12, "g", "png", 128, 128,
          ["artist_a"], ["original"], [], ["absurdres", "highres"], 5, True, p["tag_string"])
+    ]  # fmt: skip
+
+
+def test_unusable_field_values_are_kept_unknown_and_reported(ws, tmp_path):
+    posts = [
+        post(1, score="high"),
+        post(2, image_width="wide", created_at="last tuesday"),
+        post(3, score=None),  # JSON null: simply unknown, nothing to report
+        post(4),
+    ]
+    s = ingest(ws, [src := write_jsonl(tmp_path / "d.jsonl", posts)])
+    assert s["posts"] == 4
+    assert rows(ws, "SELECT id, score, image_width, date FROM posts ORDER BY id")[:3] == [
+        (1, None, 128, dt.date(2020, 6, 1)),
+        (2, 10, None, None),
+        (3, None, 128, dt.date(2020, 6, 1)),
+    ]
+    assert rows(ws, "SELECT path, post_id, reason, detail FROM problems ORDER BY detail") == [
+        (str(src), 1, "bad-field", "post 1: score = 'high' is not an integer; kept as unknown"),
+        (str(src), 2, "bad-field",
+         "post 2: created_at = 'last tuesday' is not a date; kept as unknown"),
+        (str(src), 2, "bad-field", "post 2: image_width = 'wide' is not an integer; kept as unknown"),
     ]  # fmt: skip
 
 

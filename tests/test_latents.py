@@ -252,3 +252,28 @@ def test_load_refuses_a_batch_that_mixes_buckets(images, vae, tmp_path):
     assert str(e.value) == (
         "records = [(64, 192), (128, 128)]: a batch mixes buckets (allowed: records of one bucket)"
     )
+
+
+def test_progress_counts_encoded_images_not_decoded_ones(vae, tmp_path, monkeypatch):
+    import contextlib
+
+    import tagtune.latents as latents
+
+    advances: list[int] = []
+
+    class Bar:
+        def add_task(self, *_args, **_kwargs):
+            return 0
+
+        def update(self, _task, advance: int) -> None:
+            advances.append(advance)
+
+    monkeypatch.setattr(latents, "_progress", lambda *_: contextlib.nullcontext(Bar()))
+    same = [_item(i, _image(tmp_path / f"{i}.png", (128, 128), i), (128, 128)) for i in range(5)]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    items = [*same, PrepareItem(9, str(bad), "0" * 64, 128, 128)]
+    result = encode_images(items, vae, tmp_path / "cache", CFG, workers=0, batch_size=4)
+    assert result.encoded == 5 and len(result.problems) == 1
+    # one bucket: a batch of 4, the broken file, then the last image when the run finishes
+    assert advances == [4, 1, 1]

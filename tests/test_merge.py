@@ -212,6 +212,24 @@ def test_key_set_mismatch_lists_the_first_keys(tmp_path):
             False,
             "--alpha = 0.1: give --alpha or --blocks, not both",
         ),
+        (
+            MergeSpec(alpha=7.0),
+            False,
+            "--alpha = 7.0: weight must be a number from 0 to 1 (as A1111's merger multiplier) "
+            "(allowed: 0 to 1)",
+        ),
+        (
+            MergeSpec(text_encoder_alpha=float("nan")),
+            False,
+            "--text-encoder-alpha = nan: weight must be a number from 0 to 1 (as A1111's merger "
+            "multiplier) (allowed: 0 to 1)",
+        ),
+        (
+            MergeSpec(blocks=(0.5,) * 19 + (-0.5,)),
+            False,
+            "--blocks = '" + ",".join(["0.5"] * 19 + ["-0.5"]) + "': block weight -0.5 is "
+            "outside 0 to 1 (allowed: numbers from 0 to 1)",
+        ),
         (MergeSpec(vae="c"), False, "--vae = 'c': unknown VAE source (allowed: a, b)"),
         (
             MergeSpec(dtype="fp8"),

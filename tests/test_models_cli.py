@@ -79,7 +79,12 @@ def test_convert_both_directions(tiny_file, tmp_path):
     out = json.loads(invoke("convert", tiny_file, folder, "--dtype", "fp32", "--json").stdout)
     assert out["format"] == "diffusers" and out["dtype"] == "fp32"
     back = tmp_path / "back.safetensors"
-    out = json.loads(invoke("convert", folder, back, "--dtype", "fp32", "--json").stdout)
+    out = json.loads(
+        invoke(
+            "convert", folder, back, "--dtype", "fp32", "--json", "--author", "Ann",
+            "--license", "CreativeML Open RAIL++-M",
+        ).stdout
+    )  # fmt: skip
     assert out["format"] == "single-file" and out["tensors"] == 2513
     a, b = load_model(tiny_file), load_model(back)
     for name, module in a.modules().items():
@@ -88,6 +93,9 @@ def test_convert_both_directions(tiny_file, tmp_path):
     meta = read_header(back).metadata
     assert meta["tagtune.converted_from"] == "diffusers"
     assert meta["modelspec.title"] == "back"
+    assert meta["modelspec.author"] == "Ann"
+    assert meta["modelspec.license"] == "CreativeML Open RAIL++-M"
+    assert "modelspec.description" not in meta
 
 
 def test_bad_option_gives_a_one_line_error_and_exit_code_2(tmp_path):

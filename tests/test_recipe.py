@@ -125,6 +125,9 @@ def test_init_writes_a_loadable_recipe_and_refuses_to_overwrite(tmp_path):
             "schema_version = 99: unsupported recipe version (allowed: 0..1)",
         ),
         ("[buckets]\nmin_side = 4096\n", "buckets.min_side (4096) exceeds buckets.max_side (2048)"),
+        ('[buckets]\nflip = "yes"\n', "buckets.flip = 'yes': input should be a valid boolean"),
+        ('[train]\nseed = "26"\n', "train.seed = '26': input should be a valid integer"),
+        ("[train]\nseed = 2.5\n", "train.seed = 2.5: input should be a valid integer"),
     ],
 )
 def test_recipe_errors_name_key_value_and_allowed(tmp_path, toml, expected):
@@ -156,3 +159,16 @@ def test_workspace_resolves_recipe_and_catalog_paths(tmp_path, monkeypatch):
     assert ws.resolve("base/model.safetensors") == ws.root / "base/model.safetensors"
     assert ws.resolve("~/m.safetensors") == tmp_path / "home/m.safetensors"
     assert ws.resolve(tmp_path / "abs.png") == tmp_path / "abs.png"
+
+
+def test_integers_for_floats_lists_for_pairs_and_quoted_dates_are_fine(tmp_path):
+    path = tmp_path / "tagtune.toml"
+    path.write_text(
+        '[train]\nsample_size = [512, 768]\n[[train.stages]]\nname = "a"\nlr_unet = 1\n'
+        '[[caption.periods]]\nstart = "2020-01-01"\ntag = "new"\n'
+        '[[caption.periods]]\ntag = "old"\n'
+    )
+    recipe = load_recipe(path)
+    assert recipe.train.stages[0].lr_unet == 1.0
+    assert recipe.train.sample_size == (512, 768)
+    assert recipe.caption.periods[0].start == dt.date(2020, 1, 1)

@@ -109,6 +109,21 @@ HOSTILE = [
         "tensor 'b': data_offsets [4, 12] overlap tensor 'a'",
     ),
     (
+        "hole-before-first",
+        {"a": entry(begin=4, end=12)},
+        b"\0" * 12,
+        None,
+        "tensor 'a': data_offsets [4, 12] leave bytes 0 to 4 of the data section unused",
+    ),
+    (
+        "hole-between",
+        {"a": entry(), "b": entry(begin=12, end=20)},
+        b"\0" * 20,
+        None,
+        "tensor 'b': data_offsets [12, 20] leave bytes 8 to 12 of the data section unused",
+    ),
+    ("trailing-bytes", {"a": entry()}, b"\0" * 11, None, "3 bytes after the last tensor"),
+    (
         "extra-field",
         {"w": {**entry(), "x": 1}},
         b"\0" * 8,

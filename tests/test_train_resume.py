@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import subprocess
@@ -36,6 +37,10 @@ def _drill(ws_root, kill_at: int | None, resume: bool) -> int:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode
 
 
+def _stage_seconds(ws_root) -> float:
+    return json.loads((ws_root / "runs/run1/run.json").read_text())["stages"][0]["seconds"]
+
+
 @pytest.mark.slow
 def test_sigkill_twice_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_sdxl):
     rng = random.Random(7)
@@ -43,8 +48,11 @@ def test_sigkill_twice_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_
     second = rng.randint(first + 1, 6)
     ws, _ = make_training_workspace(tmp_path / "killed", _recipe(), n=6)
     assert _drill(ws.root, first, resume=False) == -9
+    killed_after = _stage_seconds(ws.root)
+    assert killed_after > 0  # the time up to the last state survives the kill
     assert _drill(ws.root, second, resume=True) == -9
     assert _drill(ws.root, None, resume=True) == 0
+    assert _stage_seconds(ws.root) > killed_after
 
     ref, lat = make_training_workspace(tmp_path / "ref", _recipe(), n=6)
     run_training(ref, components=copy.deepcopy(tiny_sdxl), latents=lat, progress=False)

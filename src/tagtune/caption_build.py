@@ -80,6 +80,7 @@ class CaptionSummary:
     period: dict[str, int] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
     sidecars: int = 0
+    sidecars_removed: int = 0
     jsonl: str = ""
     seconds: float = 0.0
 
@@ -149,6 +150,32 @@ def write_sidecars(ws: Workspace, rows: list[tuple[str, str]], progress: Progres
     return done
 
 
+def remove_sidecars(ws: Workspace, images: list[str]) -> int:
+    """Remove the sidecars of these images (posts excluded since they were written).
+
+    An excluded post's caption must not stay beside its image, where a kohya-style trainer
+    would read it. Returns how many were removed.
+    """
+    removed = 0
+    for image in images:
+        target = sidecar_path(ws.resolve(image))
+        try:
+            target.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _excluded_images(con) -> list[str]:
+    """Image paths of excluded posts."""
+    rows = con.execute(
+        "SELECT files.path FROM posts JOIN files ON files.post_id = posts.id "
+        "WHERE posts.excluded IS NOT NULL ORDER BY posts.id"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def build_captions(
     ws: Workspace,
     *,
@@ -184,11 +211,13 @@ def build_captions(
         )
         progress("building and writing captions", 1, 3)
         parts = _build_and_write(con, posts, cfg, counter, ws.captions_path, progress)
+        stale = _excluded_images(con) if sidecars else []
     progress("summary", 2, 3)
     _summarise(summary, cfg, posts, parts)
     if sidecars:
         caption = pa.chunked_array([r.caption for r in parts], pa.string())
         summary.sidecars = write_sidecars(ws, _image_captions(posts, caption), progress)
+        summary.sidecars_removed = remove_sidecars(ws, stale)
     progress("done", 3, 3)
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary

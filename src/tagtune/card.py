@@ -22,6 +22,7 @@ MODEL_TYPE = "Full fine-tune, SDXL 1.0"
 HASH_ROWS = (
     ("autov2", "AutoV2"),
     ("sha256", "SHA-256"),
+    ("autov1", "AutoV1"),  # A1111's legacy hash; files under 2 MiB have none
     ("autov3", "AutoV3"),
     ("crc32", "CRC32"),
     ("blake3", "BLAKE3"),
@@ -126,7 +127,7 @@ def _export_hashes(
         )
     file = ws.resolve(export["path"])
     hashes = dict(export.get("hashes") or {})
-    if not all(hashes.get(k) for k, _ in HASH_ROWS):
+    if not all(hashes.get(k) for k, _ in HASH_ROWS if k != "autov1"):
         if not file.is_file():
             raise WorkspaceError(
                 "exported checkpoint not found (its hashes are not in the run record)", file=file

@@ -8,6 +8,7 @@ uses seed + i with its own generator, so any image can be re-made alone (`--from
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections.abc import Callable
@@ -232,8 +233,10 @@ def generate(
         raise InputError(
             "unknown sampler", field="--sampler", value=sampler, allowed=", ".join(SCHEDULERS)
         )
-    for field, value, low in (("--steps", steps, 1), ("-n", n, 1), ("--clip-skip", clip_skip, 1)):
-        if value < low:
+    for field, value, low in (
+        ("--steps", steps, 1), ("-n", n, 1), ("--clip-skip", clip_skip, 1), ("--cfg", cfg, 1),
+    ):  # fmt: skip
+        if not (math.isfinite(value) and value >= low):
             raise InputError(f"must be at least {low}", field=field, value=value)
     seed = secrets.randbelow(MAX_SEED) if seed is None or seed < 0 else seed
     loaded = load_for_generation(model, tokenizers, device)

@@ -291,6 +291,7 @@ def encode_images(
     try:
         with _progress(show_progress, len(jobs)) as bar:
             task = bar.add_task("encoding", total=len(jobs))
+            batcher.on_encoded = lambda n: bar.update(task, advance=n)  # done = encoded
             for res in _results(jobs, workers, max(16, workers * 8), result):
                 p = todo[res.index]
                 result.decode_seconds += res.seconds
@@ -298,9 +299,9 @@ def encode_images(
                     result.problems.append(
                         Problem(p.item.post_id, str(p.item.path), res.reason, res.error or "")
                     )
+                    bar.update(task, advance=1)
                 else:
                     batcher.add(p, res.pixels)
-                bar.update(task, advance=1)
             batcher.finish()
     finally:
         writer.flush()  # whatever was encoded is kept, even on an error or Ctrl-C
@@ -322,6 +323,7 @@ class _Batcher:
     batch_size: int
     on_batch: Callable[[int], None] | None
     groups: dict[Bucket, list[tuple[PlannedItem, np.ndarray]]] = field(default_factory=dict)
+    on_encoded: Callable[[int], None] | None = None
 
     def add(self, planned: PlannedItem, pixels: np.ndarray) -> None:
         """Queue one image; encode its bucket's group once it holds a batch."""
@@ -354,6 +356,8 @@ class _Batcher:
                 self.result.latents_written += 1
         self.result.encode_seconds += time.perf_counter() - t0
         self.result.encoded += len(group)
+        if self.on_encoded is not None:
+            self.on_encoded(len(group))
         if self.on_batch is not None:
             self.on_batch(self.result.encoded)
 

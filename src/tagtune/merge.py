@@ -86,13 +86,19 @@ class MergeSpec:
                 "give --alpha or --blocks, not both", field="--alpha", value=self.alpha
             )
         if self.blocks is not None:
-            parse_blocks(list(self.blocks))
+            for v in parse_blocks(list(self.blocks)):
+                if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                    raise InputError(
+                        f"block weight {v} is outside 0 to 1", field="--blocks",
+                        value=",".join(str(b) for b in self.blocks), allowed="numbers from 0 to 1",
+                    )  # fmt: skip
         for name in ("alpha", "text_encoder_alpha"):
             v = getattr(self, name)
-            if v is not None and not math.isfinite(v):
+            if v is not None and not (math.isfinite(v) and 0.0 <= v <= 1.0):
                 raise InputError(
-                    "weight must be a finite number", field=f"--{name.replace('_', '-')}", value=v
-                )
+                    "weight must be a number from 0 to 1 (as A1111's merger multiplier)",
+                    field=f"--{name.replace('_', '-')}", value=v, allowed="0 to 1",
+                )  # fmt: skip
         if self.vae not in (None, "a", "b"):
             raise InputError("unknown VAE source", field="--vae", value=self.vae, allowed="a, b")
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:

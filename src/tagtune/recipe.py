@@ -32,10 +32,15 @@ SaveDtype = Literal["fp16", "bf16", "fp32"]
 
 
 class Strict(BaseModel):
-    """Base for every recipe table: unknown keys are errors, field docstrings are docs."""
+    """Base for every recipe table: unknown keys are errors, field docstrings are docs.
+
+    Types are strict: `"yes"` is not a bool and `"26"` not an int (a quoted value is a
+    mistake worth an error); integers are accepted for floats, lists for pairs and quoted
+    dates for dates.
+    """
 
     model_config = ConfigDict(
-        extra="forbid", use_attribute_docstrings=True, validate_assignment=True
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, strict=True
     )
 
 
@@ -85,7 +90,7 @@ class QualityBand(Strict):
 
 
 class PeriodBand(Strict):
-    start: dt.date | None = None
+    start: dt.date | None = Field(default=None, strict=False)
     """First calendar date of the band (inclusive); none for the oldest band."""
     tag: str
     """Caption token for post dates in [start, next band's start)."""
@@ -355,7 +360,7 @@ class TrainConfig(Strict):
     """Negative prompt for training samples."""
     sample_steps: int = Field(default=28, ge=1)
     """Sampler steps for training samples."""
-    sample_size: tuple[int, int] = (1024, 1024)
+    sample_size: tuple[int, int] = Field(default=(1024, 1024), strict=False)
     """Width and height of training samples."""
     stages: list[StageConfig] = Field(default_factory=reference_stages)
     """Stages in the order they run; each starts from the previous stage's weights."""
@@ -375,7 +380,7 @@ class ExportConfig(Strict):
     """Recommended clip skip (A1111 numbering: 1 = SDXL's penultimate layer, the default)."""
     negative_prompt: str = "worst quality"
     """Recommended negative prompt for the model card."""
-    resolution: tuple[int, int] = (1024, 1024)
+    resolution: tuple[int, int] = Field(default=(1024, 1024), strict=False)
     """Training resolution written to the ModelSpec metadata."""
 
 

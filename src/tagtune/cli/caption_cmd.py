@@ -52,6 +52,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         table.add_row("empty captions", str(s["empty"]))
     if s["sidecars"]:
         table.add_row("sidecars", str(s["sidecars"]))
+    if s["sidecars_removed"]:
+        table.add_row("sidecars removed (excluded posts)", str(s["sidecars_removed"]))
     table.add_row("written", f"{s['jsonl']} in {s['seconds']} s")
     console.print(table)
     if s["tokenizer"] != "clip-bpe":

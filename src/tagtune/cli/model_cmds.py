@@ -78,12 +78,19 @@ def register(app: typer.Typer) -> None:
             None, "--tokenizers", help="Folder with tokenizer/ and tokenizer_2/ (for single files)."
         ),
         force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+        title: str = typer.Option("", "--title", help="ModelSpec title (default: output name)."),
+        author: str = typer.Option("", "--author", help="ModelSpec author."),
+        license: str = typer.Option("", "--license", help="ModelSpec licence name."),
+        description: str = typer.Option("", "--description", help="ModelSpec description."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Convert a diffusers folder to an SDXL single file (ModelSpec metadata) and back."""
         from tagtune.models.convert import convert_model
 
-        result = convert_model(src, dst, dtype=dtype, tokenizers=tokenizers, overwrite=force)
+        result = convert_model(
+            src, dst, dtype=dtype, tokenizers=tokenizers, overwrite=force,
+            title=title, author=author, license=license, description=description,
+        )  # fmt: skip
         _written(result, as_json, "wrote")
 
     @app.command("bake-vae")

@@ -78,10 +78,15 @@ def convert_model(
     dtype: str = "fp16",
     tokenizers: Any = None,
     overwrite: bool = False,
+    title: str = "",
+    author: str = "",
+    license: str = "",
+    description: str = "",
 ) -> WriteResult:
     """A diffusers folder becomes a single file; a single file becomes a diffusers folder.
 
-    The single file gets ModelSpec metadata (title = output name) and `tagtune.converted_from`.
+    The single file gets ModelSpec metadata (title = `title` or the output name; author,
+    licence and description when given) and `tagtune.converted_from`.
     """
     from tagtune.models.load import load_model
 
@@ -89,7 +94,10 @@ def convert_model(
     fmt = "single-file" if src.is_dir() else "diffusers"
     _check_output(dst, overwrite, fmt, dtype)
     components = load_model(src, tokenizers=tokenizers, dtype=torch.float32)
-    meta = modelspec_metadata(dst.stem, extra={"tagtune.converted_from": src.name})
+    meta = modelspec_metadata(
+        title or dst.stem, author=author, license=license, description=description,
+        extra={"tagtune.converted_from": src.name},
+    )  # fmt: skip
     return write_model(components, dst, fmt, dtype, meta, overwrite)
 
 

@@ -157,7 +157,7 @@ def read_header(path: str | Path) -> Header:
     """Read and validate the header of a safetensors file, reading no tensor data.
 
     Checks: length within bounds, JSON object, metadata str->str, each tensor's dtype, shape
-    and offsets (inside the data section, sized prod(shape) * itemsize, non-overlapping).
+    and offsets (inside the data section, sized prod(shape) * itemsize, tiling it exactly).
     """
     path = Path(path)
     try:
@@ -189,6 +189,8 @@ def read_header(path: str | Path) -> Header:
     data_size = size - 8 - n
     metadata = _check_metadata(path, header.pop("__metadata__", {}))
     tensors = {name: _check_entry(path, name, e, data_size) for name, e in header.items()}
+    # The tensors must tile the data section: no overlap, no hole, nothing after the last
+    # (as the safetensors library requires; hidden bytes would make a polyglot file)
     last_end, last_name = 0, None
     for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
         if info.begin < last_end:
@@ -197,8 +199,20 @@ def read_header(path: str | Path) -> Header:
                 f"data_offsets [{info.begin}, {info.end}] overlap tensor {last_name!r}",
                 info.name,
             )
+        if info.begin > last_end:
+            raise _fail(
+                path,
+                f"data_offsets [{info.begin}, {info.end}] leave bytes {last_end} to "
+                f"{info.begin} of the data section unused",
+                info.name,
+            )
         if info.end > info.begin:
             last_end, last_name = info.end, info.name
+    if last_end != data_size:
+        raise _fail(
+            path,
+            f"{data_size - last_end} bytes after the last tensor are not part of any tensor",
+        )
     return Header(path, 8 + n, data_size, tensors, metadata)
 
 

@@ -61,6 +61,7 @@ class StageJob:
     monitor: Monitor | None = None
     encode_fn: Callable | None = None
     on_epoch_end: Callable[[int, int], None] | None = None
+    on_state_saved: Callable[[int], None] | None = None
     prediction_type: str = "epsilon"
     notes: list[str] = field(default_factory=list)
 
@@ -291,6 +292,8 @@ def checkpoint(
         )  # fmt: skip
         prune_states(states, job.train.keep_last, protect=path)
     rt.barrier()
+    if job.on_state_saved is not None and rt.is_main:
+        job.on_state_saved(step)
     return step
 
 

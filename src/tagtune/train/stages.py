@@ -215,19 +215,26 @@ def run_training(
         if runtime.is_main:
             rec.put_stage(record, entry, order)
             rec.write_run(run_dir, record)
+        start, before = time.perf_counter(), entry["seconds"]
+
+        def state_saved(step: int, entry=entry, start=start, before=before) -> None:
+            # run.json counts the time up to each state, so a run killed and resumed from
+            # that state still reports the training time its weights took
+            entry["seconds"] = round(before + time.perf_counter() - start, 3)
+            rec.write_run(run_dir, record)
+
         job = StageJob(
             components=components, stage=st, stage_index=index, train=cfg, examples=examples,
             latents=latents, stage_dir=stage_dir, runtime=runtime, resume_from=resume_from,
             monitor=Monitor(stage_dir / "logs", enabled=runtime.is_main, progress=progress),
             encode_fn=encode_fn, prediction_type=recipe.model.prediction_type,
             on_epoch_end=epoch_hook(ws, recipe, components, st, stage_dir),
+            on_state_saved=state_saved,
         )  # fmt: skip
-        start = time.perf_counter()
         try:
             result = train_stage(job)
         except BaseException:
-            entry["status"] = "failed"
-            entry["seconds"] = round(entry["seconds"] + time.perf_counter() - start, 3)
+            entry["status"] = "failed"  # seconds: up to the last state, where a resume starts
             if runtime.is_main:
                 rec.write_run(run_dir, record)
             raise
@@ -236,7 +243,7 @@ def run_training(
         entry.update(
             status="complete",
             finished_at=rec.now(),
-            seconds=round(entry["seconds"] + time.perf_counter() - start, 3),
+            seconds=round(before + time.perf_counter() - start, 3),
             final_loss=result.final_loss,
             final_state=result.final_state.relative_to(ws.root).as_posix(),
         )
