@@ -226,9 +226,20 @@ def test_dry_run_prints_steps_and_a_memory_estimate(tmp_path):
     )  # fmt: skip
     assert st["memory_gib_estimate"]["total"] > 10
     assert out["note"] == "memory figures are estimates for the real SDXL at 1024x1024, per GPU"
+    assert (out["processes"], out["scheme"]) == (1, "one process")
     table = CliRunner().invoke(app, ["train", str(ws.root), "--dry-run"])
     assert table.exit_code == 0, table.output
     assert "total steps: 9" in table.output and "estimates" in table.output
+    res = CliRunner().invoke(
+        app, ["train", str(ws.root), "--dry-run", "--json", "--processes", "2", "--zero2"]
+    )
+    zero = json.loads(res.output)
+    assert (zero["processes"], zero["scheme"]) == (2, "DeepSpeed ZeRO-2")
+    assert zero["stages"][0]["steps_per_epoch"] == 2  # global batch 8
+    assert (
+        zero["stages"][0]["memory_gib_estimate"]["optimizer"]
+        < st["memory_gib_estimate"]["optimizer"]
+    )
 
 
 def test_training_data_examples_follow_the_subset(tmp_path, tiny_sdxl):

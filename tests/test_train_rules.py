@@ -280,3 +280,19 @@ def test_bf16_weights_halve_weights_gradients_and_adamw_states():
     half = estimate_memory(st, r.train.model_copy(update={"weight_dtype": "bf16"}))
     for part in ("weights", "gradients", "optimizer"):
         assert getattr(half, part) == pytest.approx(getattr(full, part) / 2), part
+
+
+def test_zero2_shards_master_weights_gradients_and_optimizer_states():
+    r = Recipe()
+    st = r.train.stages[0].model_copy(update={"optimizer": "adamw"})
+    trained = 2.567e9 + 0.123e9 + 0.695e9
+    one = estimate_memory(st, r.train, zero_processes=1)
+    four = estimate_memory(st, r.train, zero_processes=4)
+    assert four.optimizer == pytest.approx(one.optimizer / 4)
+    assert four.optimizer == pytest.approx(trained * 8 / 4 / 1024**3)
+    # bf16 weights on the GPU + a quarter of the fp32 master weights
+    assert four.weights == pytest.approx(trained * (2 + 4 / 4) / 1024**3)
+    assert four.gradients == pytest.approx((trained * 2 / 4 + 5e8 * 2) / 1024**3)
+    ddp = estimate_memory(st, r.train)
+    assert four.total < ddp.total - 25  # what makes AdamW fit: ~47 GiB of state shared out
+    assert four.activations == ddp.activations

@@ -22,6 +22,14 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Print steps and a GPU memory estimate only."
         ),
+        processes: int = typer.Option(
+            None, "--processes", min=1, help="Dry run: GPUs to plan for (default: this launch's)."
+        ),
+        zero2: bool = typer.Option(
+            None,
+            "--zero2/--no-zero2",
+            help="Dry run: plan for DeepSpeed ZeRO-2 (default: this launch's).",
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Train the recipe's stages in order (all pending ones, or --stage NAME)."""
@@ -29,9 +37,14 @@ def register(app: typer.Typer) -> None:
 
         ws = open_workspace(workspace)
         if dry_run:
-            from tagtune.train.plan import dry_run as plan
+            import os
 
-            result = plan(ws)
+            from tagtune.train.plan import dry_run as plan
+            from tagtune.train.zero import is_deepspeed_launch
+
+            world = processes or int(os.environ.get("WORLD_SIZE", "1"))
+            zero = is_deepspeed_launch() if zero2 is None else zero2
+            result = plan(ws, world_size=world, zero2=zero)
             if json_out:
                 print_json(result)
             else:
@@ -83,7 +96,9 @@ def register(app: typer.Typer) -> None:
 def _print_plan(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"run {result['run']}: dry run ({result['resolution']})")
+    n = result["processes"]
+    launch = f"{n} processes, {result['scheme']}" if n > 1 else result["scheme"]
+    table = Table(title=f"run {result['run']}: dry run ({result['resolution']}, {launch})")
     for col in (
         "stage",
         "images",

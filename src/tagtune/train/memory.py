@@ -42,13 +42,19 @@ class MemoryEstimate:
         return {k: round(getattr(self, k), 2) for k in parts}
 
 
-def estimate_memory(stage: StageConfig, cfg: TrainConfig, sampling: bool = False) -> MemoryEstimate:
+def estimate_memory(
+    stage: StageConfig, cfg: TrainConfig, sampling: bool = False, zero_processes: int = 0
+) -> MemoryEstimate:
     """Estimate GPU memory (GiB) to train `stage` at 1024x1024 with the recipe's options.
 
     Weights and gradients take 4 bytes per parameter, 2 with `weight_dtype = "bf16"`; AdamW
     keeps its two moments in the weights' dtype (8 or 4 bytes), 8-bit AdamW 2 bytes. The VAE is
-    on the GPU only when sampling.
+    on the GPU only when sampling. With `zero_processes` N (DeepSpeed ZeRO-2) each process
+    holds the trained weights in bf16 (or fp32 without mixed precision), 1/N of the fp32
+    master weights, gradients and optimizer states, and DeepSpeed's reduce buckets.
     """
+    if zero_processes:
+        return _zero2_memory(stage, cfg, sampling, zero_processes)
     lrs = {"unet": stage.lr_unet, "text_encoder": stage.lr_text_encoder,
            "text_encoder_2": stage.lr_text_encoder_2}  # fmt: skip
     trained = sum(n for k, n in PARAMS.items() if lrs[k] > 0)
@@ -65,4 +71,26 @@ def estimate_memory(stage: StageConfig, cfg: TrainConfig, sampling: bool = False
         optimizer=trained * OPTIMIZER_BYTES[stage.optimizer] * adam_scale / GIB,
         activations=activations,
         overhead=CUDA_CONTEXT_GIB,
+    )
+
+
+ZERO_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce_bucket_size
+
+
+def _zero2_memory(
+    stage: StageConfig, cfg: TrainConfig, sampling: bool, processes: int
+) -> MemoryEstimate:
+    base = estimate_memory(stage, cfg, sampling)
+    lrs = {"unet": stage.lr_unet, "text_encoder": stage.lr_text_encoder,
+           "text_encoder_2": stage.lr_text_encoder_2}  # fmt: skip
+    trained = sum(n for k, n in PARAMS.items() if lrs[k] > 0)
+    frozen = sum(n for k, n in PARAMS.items() if lrs[k] == 0) + (VAE_PARAMS if sampling else 0)
+    low = 2 if cfg.mixed_precision == "bf16" else 4
+    frozen_bytes = 2 if cfg.weight_dtype == "bf16" else 4
+    return MemoryEstimate(
+        weights=(trained * low + frozen * frozen_bytes + trained * 4 / processes) / GIB,
+        gradients=(trained * low / processes + min(trained, ZERO_BUCKET_ELEMENTS) * low) / GIB,
+        optimizer=trained * OPTIMIZER_BYTES[stage.optimizer] / processes / GIB,
+        activations=base.activations,
+        overhead=base.overhead,
     )

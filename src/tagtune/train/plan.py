@@ -28,8 +28,11 @@ def _only_cache(ws: Workspace) -> Any:
         return None
 
 
-def dry_run(ws: Workspace, latents: Any = None, world_size: int = 1) -> dict[str, Any]:
-    """Per stage: images, steps per epoch, steps, warm-up, and the memory estimate (GiB)."""
+def dry_run(
+    ws: Workspace, latents: Any = None, world_size: int = 1, zero2: bool = False
+) -> dict[str, Any]:
+    """Per stage: images, steps per epoch, steps, warm-up, and the memory estimate (GiB)
+    per GPU, for `world_size` processes (DDP, or DeepSpeed ZeRO-2 with `zero2`)."""
     from tagtune.train.stages import load_examples
 
     recipe = ws.recipe()
@@ -54,7 +57,10 @@ def dry_run(ws: Workspace, latents: Any = None, world_size: int = 1) -> dict[str
             per_epoch = math.ceil(batches / st.gradient_accumulation)
             source = "captions (no latent cache: one bucket assumed)"
         total = per_epoch * st.epochs
-        mem = estimate_memory(st, recipe.train, sampling=bool(recipe.train.sample_every_n_epochs))
+        mem = estimate_memory(
+            st, recipe.train, sampling=bool(recipe.train.sample_every_n_epochs),
+            zero_processes=world_size if zero2 else 0,
+        )  # fmt: skip
         stages.append(
             {
                 "name": st.name,
@@ -74,6 +80,8 @@ def dry_run(ws: Workspace, latents: Any = None, world_size: int = 1) -> dict[str
         "mixed_precision": recipe.train.mixed_precision,
         "gradient_checkpointing": recipe.train.gradient_checkpointing,
         "resolution": "1024x1024",
+        "processes": world_size,
+        "scheme": "DeepSpeed ZeRO-2" if zero2 else ("DDP" if world_size > 1 else "one process"),
         "stages": stages,
         "total_steps": sum(s["steps"] for s in stages),
         "note": "memory figures are estimates for the real SDXL at 1024x1024, per GPU",
