@@ -186,3 +186,43 @@ def test_a_state_resumes_only_under_the_scheme_that_wrote_it(tmp_path):
         with pytest.raises(TrainingError) as err:
             check_zero_state({"zero_world_size": saved}, now, tmp_path)
         assert words in str(err.value)
+
+
+BF16_SCRIPT = """
+import os, sys
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+import deepspeed, torch
+from tagtune.train.zero import ZeroEngine
+deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+torch.manual_seed(0)
+a, b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+opt = torch.optim.AdamW([{"params": list(a.parameters()), "lr": 1e-2},
+                         {"params": list(b.parameters()), "lr": 1e-2}])
+config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+          "train_batch_size": 1, "zero_optimization": {"stage": 2}, "bf16": {"enabled": True},
+          "zero_allow_untested_optimizer": True, "steps_per_print": 10**9}
+zero = ZeroEngine({"a": a, "b": b}, opt, config, 1)
+assert a.weight.dtype == torch.bfloat16
+for _ in range(3):
+    zero.backward(b(a(torch.randn(2, 4, dtype=torch.bfloat16))).float().pow(2).mean(), True)
+    zero.step()
+master = zero.full_weights()["a"]["weight"]
+assert master.dtype == torch.float32 and not torch.equal(master, master.bfloat16().float())
+zero.finish()
+assert a.weight.dtype == torch.float32 and torch.equal(a.weight, master), "not the fp32 master"
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_bf16_stage_ends_with_the_fp32_master_weights_in_the_modules(tmp_path):
+    """Under bf16 DeepSpeed holds the modules in bf16; the stage hands on full precision."""
+    pytest.importorskip("deepspeed")
+    script = tmp_path / "bf16.py"
+    script.write_text(BF16_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(_free_port())],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -268,7 +268,7 @@ def checkpoint(
     shards = states / f".step-{step}.shards"
     weights: dict[str, Any] = trained
     if zero is not None:
-        weights = zero.full_weights()
+        weights = zero.full_weights(keep=rt.is_main)
         zero.save_shard(shards, rt.rank)
         rt.barrier()
     if rt.is_main:

@@ -143,8 +143,12 @@ class ZeroEngine:
         """Clip (global norm), step the shards, gather the weights, clear the gradients."""
         self.engine.step()
 
-    def full_weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        """fp32 master weights of every trained module, whole (a collective: all processes)."""
+    def full_weights(self, keep: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+        """fp32 master weights of every trained module, whole, on the CPU.
+
+        A collective: every process must call it; only those with `keep` hold the result
+        (the others would each need a full copy in host memory for nothing).
+        """
         from deepspeed.utils import safe_get_full_fp32_param
 
         out: dict[str, dict[str, torch.Tensor]] = {}
@@ -154,9 +158,10 @@ class ZeroEngine:
             for key, value in module.state_dict().items():
                 p = params.get(key)
                 full = safe_get_full_fp32_param(p) if p is not None else None
-                sd[key] = (full if full is not None else value.float()).detach().cpu()
+                if keep:
+                    sd[key] = (full if full is not None else value.float()).detach().cpu()
             out[name] = sd
-        return out
+        return out if keep else {}
 
     def save_shard(self, folder: Path, rank: int) -> None:
         """Write this process's fp32 shard and optimizer state as `zero-rank-<rank>.*`."""
@@ -193,12 +198,19 @@ class ZeroEngine:
         self.optimizer.load_state_dict(unflatten_optimizer(opt, info["optimizer"]))
 
     def finish(self) -> None:
-        """Copy the fp32 master weights into the modules (original dtype); free the engine."""
-        weights = self.full_weights()
-        self.engine.destroy()
+        """Put the fp32 master weights into the modules (original dtype); free the engine.
+
+        Parameter by parameter, so no process holds a second copy of a whole module.
+        """
+        from deepspeed.utils import safe_get_full_fp32_param
+
         for name, module in self.trained.items():
-            module.to(self.dtypes[name])
-            module.load_state_dict(weights[name])
+            dtype = self.dtypes[name]
+            for p in module.parameters():
+                full = safe_get_full_fp32_param(p)
+                p.data = full.to(dtype) if full is not None else p.data.to(dtype).clone()
+            module.to(dtype)
+        self.engine.destroy()
 
 
 def start_engine(
