@@ -107,6 +107,14 @@ def test_suggest_table_has_prompt_line(ws):
     assert "stored in recommended_tags (subset \"rating = 's'\")" in result.stdout
 
 
+def test_suggest_whole_catalog_says_the_ranking_is_plain_frequency(ws):
+    out = run_json(ws.root, "suggest", "--subset", "all", "--min-count", "1", "-n", "2")
+    assert out["note"].startswith("the subset holds every post of the reference set ('all')")
+    assert run_json(ws.root, "suggest", "--min-count", "1")["note"] == ""
+    result = run(ws.root, "suggest", "--subset", "all", "--min-count", "1")
+    assert "note: the subset holds every post" in result.stderr
+
+
 def test_chart_writes_png(ws, tmp_path):
     out = tmp_path / "tags.png"
     res = run_json(ws.root, "chart", "--out", out)

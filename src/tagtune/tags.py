@@ -94,6 +94,8 @@ class SuggestResult:
     tags: list[TagStat]
     prompt: str
     """The recommended tags as one ready prompt line (parentheses escaped A1111-style)."""
+    note: str = ""
+    """Said when the ranking cannot single anything out (the subset is the reference set)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,6 +253,7 @@ def suggest_tags(
         rows = suggest_in(index, target, universe, n, min_count)
         if store:
             store_recommended(con, expr, rows)
+    same = int(target.sum()) == int(universe.sum())
     return SuggestResult(
         expr,
         against,
@@ -259,6 +262,12 @@ def suggest_tags(
         min_count,
         rows,
         prompt_line([r.tag for r in rows]),
+        note=(
+            f"the subset holds every post of the reference set ({against!r}): the ranking is "
+            "plain tag frequency; compare with a larger set (--against) or a narrower subset"
+            if same
+            else ""
+        ),
     )
 
 

@@ -127,6 +127,8 @@ def suggest(
     console.print("[bold]prompt:[/]")
     console.print(res.prompt or "(no tag passes the filters)", markup=False, soft_wrap=True)
     console.print(f"stored in recommended_tags (subset {res.subset!r})", markup=False)
+    if res.note:
+        err_console.print(f"note: {res.note}", markup=False, soft_wrap=True)
 
 
 @tags_app.command()
