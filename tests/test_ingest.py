@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -137,21 +138,39 @@ def test_gallery_dl_lists_and_utc_date_fallback(collection):
 # --- dumps: API JSON, JSONL, Parquet ------------------------------------------------------
 
 
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
 def test_api_json_with_images_matched_by_md5_id_and_gallery_dl_name(ws, tmp_path):
     images = tmp_path / "img"
-    save_png(images / f"{1:032x}.png", seed=1)  # {md5}.{ext}
-    save_png(images / "sub" / "2.png", seed=2)  # {id}.{ext}
-    save_png(images / f"danbooru_3_{3:032x}.png", seed=3)  # gallery-dl
+    md5s = {i: _md5(save_png(tmp_path / f"{i}.png", seed=i)) for i in (1, 2, 3)}
+    (images / "sub").mkdir(parents=True)
+    (tmp_path / "1.png").rename(images / f"{md5s[1]}.png")  # {md5}.{ext}
+    (tmp_path / "2.png").rename(images / "sub" / "2.png")  # {id}.{ext}
+    (tmp_path / "3.png").rename(images / f"danbooru_3_{md5s[3]}.png")  # gallery-dl
     src = tmp_path / "posts.json"
-    src.write_text(json.dumps([post(1), post(2, md5="f" * 32), post(3), post(4)]))
+    posts = [post(1, md5=md5s[1]), post(2, md5=md5s[2]), post(3, md5=md5s[3]), post(4)]
+    src.write_text(json.dumps(posts))
     s = ingest(ws, [src], images=images)
     assert (s["posts"], s["images"], s["problems"]) == (4, 3, {})
     got = rows(ws, "SELECT post_id, path FROM files ORDER BY post_id")
     assert [(pid, Path(p).name) for pid, p in got] == [
-        (1, f"{1:032x}.png"),
+        (1, f"{md5s[1]}.png"),
         (2, "2.png"),
-        (3, f"danbooru_3_{3:032x}.png"),
+        (3, f"danbooru_3_{md5s[3]}.png"),
     ]
+
+
+def test_an_image_whose_md5_is_not_the_posts_is_kept_and_reported(ws, tmp_path):
+    images = tmp_path / "img"
+    data = save_png(images / "5.png", seed=5)  # matched by id, but not this post's bytes
+    s = ingest(ws, [write_jsonl(tmp_path / "d.jsonl", [post(5)])], images=images)
+    assert (s["images"], s["problems"]) == (1, {"md5-differs": 1})
+    assert rows(ws, "SELECT post_id, reason, detail FROM problems") == [
+        (5, "md5-differs", f"post 5 has md5 {5:032x}, the file {_md5(data)}; kept (re-encoded, "
+         "or not this post's image?)"),
+    ]  # fmt: skip
 
 
 def test_api_json_single_post_and_malformed_file(ws, tmp_path):
@@ -274,7 +293,8 @@ def test_duplicate_content_is_ingested_once(ws, tmp_path):
     images = tmp_path / "img"
     data = save_png(images / "1.png")
     (images / "2.png").write_bytes(data)
-    s = ingest(ws, [write_jsonl(tmp_path / "d.jsonl", [post(1), post(2)])], images=images)
+    posts = [post(1, md5=_md5(data)), post(2, md5="f" * 32)]  # 2's md5 names other bytes
+    s = ingest(ws, [write_jsonl(tmp_path / "d.jsonl", posts)], images=images)
     assert (s["images"], s["problems"]) == (1, {"duplicate": 1})
     assert rows(ws, "SELECT post_id, detail FROM problems") == [
         (2, "same content as an ingested file")

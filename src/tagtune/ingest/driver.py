@@ -175,6 +175,14 @@ def _check_files(
             seen_sha.add(chk.sha256)
             if md5:
                 seen_md5.add(md5)
+            if md5 and chk.md5 != md5:  # kept, but a wrong pairing would train wrong tags
+                problems.append(
+                    Problem(
+                        path, pid, "md5-differs",
+                        f"post {pid} has md5 {md5}, the file {chk.md5}; kept (re-encoded, "
+                        "or not this post's image?)",
+                    )
+                )  # fmt: skip
             done.add(pid)
             rows.append((pid, path, chk.sha256, chk.width, chk.height, chk.format, chk.bytes))
     return rows, problems

@@ -37,11 +37,14 @@ REASONS = (
     "too-small",
     "duplicate",
     "bad-metadata",
+    "bad-field",
+    "md5-differs",
     "no-image",
     "no-metadata",
     "unknown-favorite",
 )
-"""Every problem reason ingest records (short fixed words, counted in the summary)."""
+"""Every problem reason ingest records (short fixed words, counted in the summary).
+`bad-field` (a value kept as unknown) and `md5-differs` (file kept) do not skip anything."""
 
 _GALLERY_DL = re.compile(r"^danbooru_(\d+)_([0-9a-fA-F]{32})$")
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -56,6 +59,7 @@ class ImageCheck:
     reason: str | None = None
     detail: str | None = None
     sha256: str | None = None
+    md5: str | None = None
     width: int = 0
     height: int = 0
     format: str | None = None
@@ -165,6 +169,7 @@ def _check_bytes(p: str, data: bytes, max_pixels: int, min_side: int) -> ImageCh
         p,
         None,
         sha256=hashlib.sha256(data).hexdigest(),
+        md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
         width=width,
         height=height,
         format=fmt,
