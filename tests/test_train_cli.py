@@ -87,3 +87,17 @@ def test_export_before_training_is_a_clear_error(tmp_path):
     ws, _ = make_training_workspace(tmp_path / "ws", tiny_train_recipe(), n=2)
     res = CliRunner().invoke(app, ["export", str(ws.root)])
     assert str(res.exception) == f"{ws.runs_dir / 'run1'}: no completed stage to export"
+
+
+def test_under_a_launcher_only_process_0_prints_the_summary(tmp_path, monkeypatch):
+    import tagtune.train.stages as stages
+
+    ws, _ = make_training_workspace(tmp_path / "ws", tiny_train_recipe(), n=2)
+    summary = stages.TrainSummary(tmp_path / "run", notes=["stage 'main' is already complete"])
+    monkeypatch.setattr(stages, "run_training", lambda *a, **k: summary)
+    monkeypatch.setenv("RANK", "1")
+    other = CliRunner().invoke(app, ["train", str(ws.root), "--json"])
+    assert other.exit_code == 0 and other.output == ""
+    monkeypatch.setenv("RANK", "0")
+    main = CliRunner().invoke(app, ["train", str(ws.root), "--json"])
+    assert json.loads(main.output)["notes"] == ["stage 'main' is already complete"]

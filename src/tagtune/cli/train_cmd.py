@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -37,8 +38,6 @@ def register(app: typer.Typer) -> None:
 
         ws = open_workspace(workspace)
         if dry_run:
-            import os
-
             from tagtune.train.plan import dry_run as plan
             from tagtune.train.zero import is_deepspeed_launch
 
@@ -53,6 +52,8 @@ def register(app: typer.Typer) -> None:
         from tagtune.train.stages import run_training
 
         summary = run_training(ws, stage=stage, resume=resume, progress=not json_out)
+        if os.environ.get("RANK", "0") != "0":  # under a launcher, process 0 reports
+            return
         if json_out:
             print_json(summary.to_json())
             return
