@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,12 +22,6 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_workspace(root: Path, cpu: bool, **stage) -> Path:
@@ -57,9 +50,11 @@ def launch(ws: Path, procs: int, cpu: bool, *args: str, kill_at: int = 0) -> flo
     if cpu:
         text = text.replace("mixed_precision: bf16", "mixed_precision: 'no'\nuse_cpu: true")
     config.write_text(text)
+    from tagtune.train.synthetic import free_port
+
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-        "--main_process_port", str(_port()), "-m", "tagtune.train.synthetic", str(ws), *args,
+        "--main_process_port", str(free_port()), "-m", "tagtune.train.synthetic", str(ws), *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGTUNE_KILL_AT_STEP": str(kill_at)}
     t0 = time.perf_counter()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,14 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from drills import assert_like_one_process
 from tagtune.train.stages import run_training
-from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tagtune.train.synthetic import free_port, make_training_workspace, tiny_train_recipe
 
 
 @pytest.mark.slow
@@ -32,7 +26,7 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, tiny_sdxl):
     dump = tmp_path / "dump"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(_free_port()),
+        "--master_port", str(free_port()),
         "-m", "tagtune.train.synthetic", str(two.root), "--dump-weights", str(dump),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
@@ -53,11 +47,4 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, tiny_sdxl):
         r0 = load_file(dump / f"{name}-rank0.safetensors")
         r1 = load_file(dump / f"{name}-rank1.safetensors")
         assert all(torch.equal(r0[k], r1[k]) for k in r0), f"{name}: ranks diverged"
-        ref = getattr(single, name).state_dict()
-        base = getattr(tiny_sdxl, name).state_dict()
-        diff = torch.cat([(r0[k] - ref[k]).flatten() for k in r0]).abs()
-        moved = torch.cat([(base[k] - ref[k]).flatten() for k in r0]).abs()
-        # Summing over ranks rounds differently from one batch; AdamW turns that into small
-        # differences where gradients are ~0 (biases before GroupNorm). Nearly all weights agree.
-        assert diff.mean() < 1e-3 * moved.mean(), name
-        assert (diff > 1e-5).float().mean() < 1e-3, name
+        assert_like_one_process(r0, getattr(single, name), getattr(tiny_sdxl, name), name)

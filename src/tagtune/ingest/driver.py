@@ -27,6 +27,7 @@ from tagtune.ingest.normalize import (
     posts_select_sql,
     rating_sql,
 )
+from tagtune.ingest.record_checks import bad_records, odd_fields
 from tagtune.ingest.report import catalog_summary
 from tagtune.ingest.sources import (
     Problem,
@@ -188,59 +189,6 @@ def _check_files(
     return rows, problems
 
 
-def _bad_records(con: duckdb.DuckDBPyConnection, kind: str) -> list[Problem]:
-    """Records without a usable id; a dump's are named by line or record number."""
-    rows = con.execute(
-        "SELECT path, line, n FROM (SELECT path, line, coalesce(rec, row_number() OVER ()) AS n, "
-        "try_cast(json_extract_string(raw, '$.id') AS BIGINT) AS id FROM _raw) "
-        "WHERE id IS NULL ORDER BY n LIMIT 10000"
-    ).fetchall()
-    out = []
-    for path, line, rec in rows:
-        where = "" if kind == "folder" else (f"line {line}: " if line else f"record {rec}: ")
-        out.append(Problem(path, None, "bad-metadata", f"{where}missing or invalid id"))
-    return out
-
-
-# Numeric fields a post must hold as numbers; a value that is not one is kept as unknown
-ODD_FIELDS = ("score", "fav_count", "image_width", "image_height")
-
-
-def _odd_fields(con: duckdb.DuckDBPyConnection, source: str) -> list[Problem]:
-    """Values a record has but that cannot be used (`"score": "high"`, a created_at that is
-    no date): the post is kept with the value unknown, and each is reported.
-
-    Only posts whose typed column came out NULL are looked at again, so a clean dump costs
-    a column scan per field.
-    """
-    parts = [
-        f"SELECT id, '{c}' AS field, json_extract_string(raw, '$.{c}') AS value FROM posts "
-        f"WHERE source = $source AND {c} IS NULL"
-        for c in ODD_FIELDS
-    ]
-    parts.append(
-        "SELECT id, 'created_at', created_at FROM posts "
-        "WHERE source = $source AND date IS NULL AND created_at IS NOT NULL"
-    )
-    rows = con.execute(
-        f"SELECT id, field, value FROM ({' UNION ALL '.join(parts)}) "
-        "WHERE value IS NOT NULL AND value <> '' ORDER BY id, field LIMIT 10000",
-        {"source": source},
-    ).fetchall()
-    out = []
-    for pid, name, value in rows:
-        what = "a date" if name == "created_at" else "an integer"
-        out.append(
-            Problem(
-                source,
-                pid,
-                "bad-field",
-                f"post {pid}: {name} = {value!r} is not {what}; kept as unknown",
-            )
-        )
-    return out
-
-
 def record_problems(
     con: duckdb.DuckDBPyConnection, source: str, problems: Iterable[Problem]
 ) -> None:
@@ -378,8 +326,8 @@ def _write_source(
     )
     _insert_posts(con, select, unique_ids=n_ids == n_distinct)
     if n_ids < n:
-        problems += _bad_records(con, kind)
-    problems += _odd_fields(con, key)
+        problems += bad_records(con, kind)
+    problems += odd_fields(con, key)
     rows, file_problems = _check_files(con, _candidates(con, kind, images), recipe, progress)
     problems += file_problems
     insert_rows(con, "files", FILE_COLUMNS, rows)

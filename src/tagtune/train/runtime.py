@@ -11,6 +11,7 @@ engine of `tagtune.train.zero` reduces the gradients instead.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,8 +132,6 @@ def make_runtime(mixed_precision: str) -> Runtime:
 
 def _deepspeed_runtime(mixed_precision: str) -> Runtime:
     """The runtime of a DeepSpeed launch: DeepSpeed's process group, one GPU per process."""
-    import os
-
     import torch.distributed as dist
 
     from tagtune.train.zero import import_deepspeed

@@ -130,6 +130,15 @@ def latents_for(ws: Workspace, seed: int = 0, size: tuple[int, int] = (64, 64)) 
     return InMemoryLatents(dict.fromkeys(ids, size), seed)
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now, for the rendezvous of a multi-process drill."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train the tiny model (seed 0) on a synthetic workspace: the crash and DDP drills."""
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -13,7 +13,6 @@ master shard and optimizer state. A state written by N processes resumes with N 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -52,11 +51,11 @@ def launch_config() -> dict[str, Any]:
     """The DeepSpeed config accelerate built from the launcher's settings ("auto" left open)."""
     from accelerate.utils import DeepSpeedPlugin
 
-    return copy.deepcopy(DeepSpeedPlugin().deepspeed_config)
+    return DeepSpeedPlugin().deepspeed_config
 
 
 def _drop_auto(value: Any) -> Any:
-    """Remove every "auto" entry (DeepSpeed then uses its own default for it)."""
+    """A copy without the "auto" entries (DeepSpeed then uses its own default for each)."""
     if isinstance(value, dict):
         return {k: _drop_auto(v) for k, v in value.items() if v != "auto"}
     return value
@@ -70,8 +69,8 @@ def deepspeed_config(
     Batch size, accumulation, clipping and precision come from the recipe; a ZeRO stage
     other than 2 or fp16 loss scaling is a TrainingError naming the allowed values.
     """
-    config = _drop_auto(copy.deepcopy(base))
-    zero = dict(config.get("zero_optimization") or {})
+    config = _drop_auto(base)  # a new dict at every level: `base` is left alone
+    zero = config.get("zero_optimization") or {}
     if zero.get("stage") != SUPPORTED_ZERO_STAGE:
         raise TrainingError(
             f"DeepSpeed ZeRO stage {zero.get('stage')!r} is not supported: tagtune's loop calls "
