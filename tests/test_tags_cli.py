@@ -131,7 +131,7 @@ def test_errors_are_library_errors(ws):
     )
     result = run(ws.root, "top", "--where", "nope(")
     assert isinstance(result.exception, InputError)
-    assert result.exception.message().startswith("subset = 'nope(': invalid subset WHERE clause")
+    assert result.exception.message().startswith("--where = 'nope(': not a subset condition")
 
 
 def test_error_is_one_line_and_exit_code_2(ws):

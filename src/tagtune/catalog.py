@@ -28,6 +28,7 @@ from pathlib import Path
 import duckdb
 
 from tagtune.errors import InputError, WorkspaceError
+from tagtune.subset_sql import render_clause
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS posts (
@@ -135,10 +136,12 @@ def open_catalog(path: str | Path, read_only: bool = False) -> Iterator[duckdb.D
         con.close()
 
 
-def subset_where(subset: str) -> str:
-    """SQL condition over `posts` for a subset name: all, favorites, or a user WHERE clause.
+def subset_where(subset: str, field: str = "subset") -> str:
+    """SQL condition over `posts` for a subset: all, favorites, or a user WHERE clause.
 
-    Excluded posts (safety filter) are never part of any subset.
+    A user clause is parsed and rendered again by `subset_sql.render_clause` (never passed
+    through as text); `field` names where it came from for the error. Excluded posts
+    (safety filter) are never part of any subset: that test stays outside the clause.
     """
     s = subset.strip()
     if s in ("", "all"):
@@ -146,47 +149,18 @@ def subset_where(subset: str) -> str:
     elif s == "favorites":
         cond = "posts.favorite"
     else:
-        _check_clause(s)
-        cond = f"({s})"
-    return f"posts.excluded IS NULL AND {cond}"
+        cond = render_clause(s, field)
+    return f"posts.excluded IS NULL AND ({cond})"
 
 
-def _check_clause(clause: str) -> None:
-    """Refuse a WHERE clause that could reach outside its parentheses (and so around the
-    safety filter), or run a second statement: brackets must balance outside quotes, and
-    `;`, `--` and `/*` are not allowed there."""
-    depth, quote, i = 0, "", 0
-    while i < len(clause):
-        ch = clause[i]
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                break
-        elif ch == ";" or clause.startswith(("--", "/*"), i):
-            depth = -1
-            break
-        i += 1
-    if depth != 0 or quote:
-        raise InputError(
-            "invalid subset WHERE clause: it must be one condition over posts (balanced "
-            "brackets and quotes; no ;, -- or /*)",
-            field="subset",
-            value=clause,
-        )
-
-
-def check_subset(con: duckdb.DuckDBPyConnection, subset: str) -> None:
-    """Raise an InputError naming the clause when a subset's WHERE clause is not valid SQL."""
+def check_subset(con: duckdb.DuckDBPyConnection, subset: str, field: str = "subset") -> str:
+    """`subset_where`, run once so a clause DuckDB cannot bind (a type mismatch) is an
+    InputError naming `field` and the clause; returns the condition."""
+    where = subset_where(subset, field)
     try:
-        con.execute(f"SELECT count(*) FROM posts WHERE {subset_where(subset)}").fetchone()
+        con.execute(f"SELECT count(*) FROM posts WHERE {where}").fetchone()
     except duckdb.Error as exc:
         raise InputError(
-            f"invalid subset WHERE clause: {exc}".splitlines()[0], field="subset", value=subset
+            f"invalid subset WHERE clause: {exc}".splitlines()[0], field=field, value=subset
         ) from None
+    return where

@@ -18,9 +18,10 @@ from typing import Any
 
 from tagtune.atomic import atomic_path
 from tagtune.buckets import Bucket, StagePlan, count_buckets, plan_steps
-from tagtune.catalog import CatalogBusyError, check_subset, open_catalog, subset_where
+from tagtune.catalog import CatalogBusyError, check_subset, open_catalog
 from tagtune.errors import RecipeError, WorkspaceError
 from tagtune.latents import PrepareItem, PrepareResult, Problem, encode_images
+from tagtune.subset_sql import stage_field
 from tagtune.workspace import Workspace
 
 PREPARE_STAGE = "prepare"
@@ -73,12 +74,15 @@ def _items_sql(where: str) -> str:
     )
 
 
-def catalog_items(con: Any, subsets: Sequence[str], root: Path) -> list[PrepareItem]:
+def catalog_items(
+    con: Any, subsets: Sequence[str], root: Path, fields: Sequence[str] = ()
+) -> list[PrepareItem]:
     """Included posts with an image file in any of `subsets` (relative paths resolved
-    against the workspace `root`), ordered by post id."""
-    for s in subsets:
-        check_subset(con, s)
-    where = " OR ".join(f"({subset_where(s)})" for s in subsets) or "FALSE"
+    against the workspace `root`), ordered by post id. `fields` name where each subset
+    came from (recipe keys), for errors."""
+    names = [*fields, *(["subset"] * (len(subsets) - len(fields)))]
+    wheres = [check_subset(con, s, f) for s, f in zip(subsets, names, strict=False)]
+    where = " OR ".join(f"({w})" for w in wheres) or "FALSE"
     return [
         PrepareItem(int(pid), str(root / path), sha, int(w), int(h))
         for pid, path, sha, w, h in con.execute(_items_sql(where)).fetchall()
@@ -90,12 +94,14 @@ def plan_workspace(ws: Workspace, world_size: int = 1) -> PreparePlan:
     recipe = ws.recipe()
     cfg = recipe.buckets
     with open_catalog(ws.catalog_path, read_only=True) as con:
-        all_items = catalog_items(con, [s.subset for s in recipe.train.stages], ws.root)
+        stages = recipe.train.stages
+        fields = [stage_field(stages, s) for s in stages]
+        all_items = catalog_items(con, [s.subset for s in stages], ws.root, fields)
         per_stage = {
             s.name: count_buckets(
-                ((i.width, i.height) for i in catalog_items(con, [s.subset], ws.root)), cfg
+                ((i.width, i.height) for i in catalog_items(con, [s.subset], ws.root, [f])), cfg
             )
-            for s in recipe.train.stages
+            for s, f in zip(stages, fields, strict=True)
         }
     return PreparePlan(
         images=len(all_items),
@@ -200,7 +206,10 @@ def prepare_workspace(
     if vae is None:
         _require_base(ws)
     with open_catalog(ws.catalog_path, read_only=True) as con:
-        items = catalog_items(con, [s.subset for s in recipe.train.stages], ws.root)
+        stages = recipe.train.stages
+        items = catalog_items(
+            con, [s.subset for s in stages], ws.root, [stage_field(stages, s) for s in stages]
+        )
     if not items:
         raise WorkspaceError(
             "no included images to prepare",

@@ -17,7 +17,14 @@ import duckdb
 import numpy as np
 
 from tagtune.errors import InputError
-from tagtune.tags_index import TagIndex, column_counts, subset_expr, subset_mask, tag_index
+from tagtune.tags_index import (
+    TagIndex,
+    column_counts,
+    subset_expr,
+    subset_flags,
+    subset_mask,
+    tag_index,
+)
 from tagtune.workspace import Workspace
 
 GROUPS = ("artist", "copyright", "character", "general", "meta", "quality", "rating", "period")
@@ -195,7 +202,7 @@ def top_tags(
     expr = subset_expr(subset, where)
     with open_catalog(ws.catalog_path, read_only=True) as con:
         index = tag_index(ws, con)
-        mask = subset_mask(con, index, expr)
+        mask = subset_mask(con, index, expr, subset_flags(subset, where))
     return TopResult(expr, int(mask.sum()), group, top_in(index, mask, group, n))
 
 
@@ -209,7 +216,7 @@ def similar_tags(
     with open_catalog(ws.catalog_path, read_only=True) as con:
         index = tag_index(ws, con)
         col = resolve_tag(index, tag)
-        universe = subset_mask(con, index, expr)
+        universe = subset_mask(con, index, expr, subset_flags(subset, where))
     rows = similar_in(index, col, universe, n)
     count = int(universe[index.X.indices[index.X.indptr[col] : index.X.indptr[col + 1]]].sum())
     return SimilarResult(
@@ -238,11 +245,8 @@ def suggest_tags(
     expr = subset_expr(subset or ("all" if where else "favorites"), where)
     with open_catalog(ws.catalog_path, read_only=not store) as con:
         index = tag_index(ws, con)
-        target = subset_mask(con, index, expr)
-        try:
-            universe = subset_mask(con, index, against) | target
-        except InputError as exc:
-            raise InputError(exc.reason, field="against", value=against) from None
+        target = subset_mask(con, index, expr, subset_flags(subset, where))
+        universe = subset_mask(con, index, against, "--against") | target
         if not target.any():
             raise InputError(
                 "no captioned post is in this subset",

@@ -170,20 +170,36 @@ def tag_index(ws: Workspace, con: duckdb.DuckDBPyConnection, rebuild: bool = Fal
 
 
 def subset_expr(subset: str = "all", where: str | None = None) -> str:
-    """One subset from `--subset` and `--where` (both must hold); its name in results."""
+    """One subset from `--subset` and `--where` (both must hold); its name in results.
+
+    Each part is checked on its own first (`catalog.subset_where`), so an error names its flag.
+    """
     s = (subset or "all").strip()
+    subset_where(s, "--subset")
     if not where or not where.strip():
         return s
+    subset_where(where, "--where")
     if s in ("", "all"):
         return where.strip()
     head = "posts.favorite" if s == "favorites" else f"({s})"
     return f"{head} AND ({where.strip()})"
 
 
-def subset_mask(con: duckdb.DuckDBPyConnection, index: TagIndex, subset: str) -> np.ndarray:
-    """0/1 int32 vector over the index rows: captioned posts of `subset`, never excluded ones."""
-    check_subset(con, subset)
-    ids = con.execute(f"SELECT id FROM posts WHERE {subset_where(subset)}").fetchnumpy()["id"]
+def subset_flags(subset: str | None, where: str | None) -> str:
+    """The flag(s) a `subset_expr` came from, for errors found when it runs."""
+    given = [f for f, v in (("--subset", subset), ("--where", where)) if v and v.strip()]
+    return "/".join(given) or "--subset"
+
+
+def subset_mask(
+    con: duckdb.DuckDBPyConnection, index: TagIndex, subset: str, field: str = "subset"
+) -> np.ndarray:
+    """0/1 int32 vector over the index rows: captioned posts of `subset`, never excluded ones.
+
+    `field` names the flag or key the subset came from in errors.
+    """
+    where = check_subset(con, subset, field)
+    ids = con.execute(f"SELECT id FROM posts WHERE {where}").fetchnumpy()["id"]
     ids = np.asarray(ids, dtype=np.int64)
     mask = np.zeros(index.n_posts, dtype=np.int32)
     if len(ids) and index.n_posts:

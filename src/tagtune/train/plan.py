@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tagtune.catalog import check_subset, open_catalog, subset_where
+from tagtune.catalog import check_subset, open_catalog
+from tagtune.subset_sql import stage_field
 from tagtune.train.data import steps_per_epoch
 from tagtune.train.memory import estimate_memory
 from tagtune.train.optim import warmup_steps
@@ -48,10 +49,10 @@ def dry_run(
             images = 0
             if ws.catalog_path.exists():
                 with open_catalog(ws.catalog_path, read_only=True) as con:
-                    check_subset(con, st.subset)
+                    where = check_subset(con, st.subset, stage_field(recipe.train.stages, st))
                     images = con.execute(
                         "SELECT count(*) FROM captions c JOIN posts ON posts.id = c.post_id "
-                        f"WHERE {subset_where(st.subset)}"
+                        f"WHERE {where}"
                     ).fetchone()[0]
             batches = math.ceil(images * st.repeats / (st.batch_size * world_size))
             per_epoch = math.ceil(batches / st.gradient_accumulation)

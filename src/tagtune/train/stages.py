@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from tagtune.catalog import check_subset, open_catalog, subset_where
+from tagtune.catalog import check_subset, open_catalog
 from tagtune.errors import TrainingError, WorkspaceError
 from tagtune.recipe import Recipe, StageConfig
+from tagtune.subset_sql import stage_field
 from tagtune.train import records as rec
 from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.optim import TRAINABLE, warmup_steps
@@ -54,10 +55,10 @@ def load_examples(ws: Workspace, stage: StageConfig, latents: Any, flip: bool = 
                 file=ws.catalog_path,
                 hint="run `tagtune caption WS` (it re-judges the posts and rebuilds the captions)",
             )
-        check_subset(con, stage.subset)
+        where = check_subset(con, stage.subset, stage_field(ws.recipe().train.stages, stage))
         rows = con.execute(
             "SELECT c.post_id, c.caption, c.tags FROM captions c JOIN posts ON posts.id = c.post_id "
-            f"WHERE {subset_where(stage.subset)} ORDER BY c.post_id"
+            f"WHERE {where} ORDER BY c.post_id"
         ).fetchall()
     captions = {pid: (cap, tuple(tags or ())) for pid, cap, tags in rows}
     records = latents.records(list(captions), include_flipped=flip)
