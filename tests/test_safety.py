@@ -1,10 +1,13 @@
 """The minor-safety filter: exactly the house lists, extendable by the recipe, never shrinkable.
 
-Every case runs through both twins of the rule (Python `blocked_reason` and the SQL used on
-whole dumps) and they must agree.
+Every case runs through both twins of the rule (Python `blocked_reason`, and the SQL used on
+whole dumps: the ingest tag normaliser, then the filter) and they must agree, hostile
+spellings included.
 """
 
 from __future__ import annotations
+
+import functools
 
 import duckdb
 import pytest
@@ -14,23 +17,87 @@ from tagtune.safety import (
     ALWAYS_BLOCKED,
     BLOCKED_UNLESS_GENERAL,
     blocked_hits_sql,
+    blocked_lists,
     blocked_reason,
     blocked_sql,
 )
+from tagtune.tag_normalize import split_tags_sql, sql_functions, tidy_sql
 
 HARMLESS = ["1girl", "long_hair", "smile", "blue_sky"]
 
+# spellings that must not hide a listed tag: (tag string as a source writes it, key it shows)
+HOSTILE_SPELLINGS = [
+    ("1girl\tloli", "loli"),  # tab between tags
+    ("1girl\nloli", "loli"),
+    ("1girl\r\nloli", "loli"),
+    ("1girl\u3000loli", "loli"),  # ideographic space
+    ("1girl\u00a0loli", "loli"),  # no-break space
+    ("1girl\u2028loli", "loli"),  # line separator (Zl)
+    ("1girl\u2029loli", "loli"),  # paragraph separator (Zp)
+    ("1girl\u2003loli\u202fsmile", "loli"),  # em space, narrow no-break space
+    ("1girl\x0bloli\x0c", "loli"),  # vertical tab, form feed
+    ("1girl\x00loli", "loli"),  # NUL between tags
+    ("lo\x00li", "loli"),  # NUL inside the word
+    ("lo\x1fli", "loli"),
+    ("LOLI", "loli"),
+    ("Oppai_Loli", "oppai_loli"),
+    ("ｌｏｌｉ", "loli"),  # full-width
+    ("ＬＯＬＩ", "loli"),
+    ("𝓵𝓸𝓵𝓲", "loli"),  # mathematical script letters
+    ("ⓛⓞⓛⓘ", "loli"),  # circled letters
+    ("lòli", "loli"),  # precomposed accent
+    ("lo\u0301li", "loli"),  # combining acute
+    ("l\u0307o\u0308l\u0323i", "loli"),  # several combining marks
+    ("l\u20ddoli", "loli"),  # enclosing circle
+    ("lo\u200bli", "loli"),  # zero-width space
+    ("lo\u200cli", "loli"),  # zero-width non-joiner
+    ("lo\u200dli", "loli"),  # zero-width joiner
+    ("\ufeffloli", "loli"),  # BOM
+    ("lo\u00adli", "loli"),  # soft hyphen
+    ("\u200eloli\u200f", "loli"),  # bidi marks
+    ("\u202aloli\u202c", "loli"),  # bidi embedding
+    ("lo\u2060li", "loli"),  # word joiner
+    ("lo\u3164li", "loli"),  # Hangul filler (default ignorable)
+    ("lo\ufe0fli", "loli"),  # variation selector
+    ("1girl\u200bloli", "loli"),  # zero-width space between tags
+    ("_loli_", "loli"),
+    ("__loli", "loli"),
+    ("oppai__loli", "oppai_loli"),
+    ("_Ｏｐｐａｉ__Ｌòli_", "oppai_loli"),
+    ("toddler\u200bcon", "toddlercon"),
+    ("lo\tli", "loli"),  # a tab inside the word
+    ("ｃｈｉｌｄ", "child"),
+    ("female\u3000child", "child"),  # two tags, one conditional
+    ("Ａged_Ｄown", "aged_down"),
+]
+
+
+@functools.cache
+def _connection():
+    return duckdb.connect()
+
 
 def sql_reason(tags, rating, safety=None):
-    """The SQL twin over one row (tags go through the hits first pass, as at ingest)."""
-    con = duckdb.connect()
-    hits = blocked_hits_sql(["tags"], safety)
-    expr = blocked_sql("hits", "rating", safety)
-    return con.execute(
-        f"SELECT {expr} FROM (SELECT *, {hits} AS hits FROM "
-        "(SELECT ?::VARCHAR[] AS tags, ?::VARCHAR AS rating))",
-        [list(tags), rating],
-    ).fetchone()[0]
+    """The SQL twin over one row: the tags go through the ingest tag normaliser (a list is
+    normalised as its elements joined by spaces), then the filter's first pass."""
+    con = _connection()
+    listed = set().union(*blocked_lists(safety))
+    with sql_functions(con, blocked=listed) as fn:
+        text = "array_to_string($tags::VARCHAR[], ' ')"
+        norm = split_tags_sql(text, "'1'", "tags", fn)
+        expr = blocked_sql("hits", "rating", safety)
+        out = []
+        for plain in (False, True):
+            hits = blocked_hits_sql(["tags"], safety, plain=plain)
+            row = con.execute(
+                f"SELECT {expr}, tidy FROM (SELECT *, {hits} AS hits FROM "
+                f"(SELECT {norm} AS tags, {tidy_sql(text)} AS tidy, $rating::VARCHAR AS rating))",
+                {"tags": list(tags), "rating": rating},
+            ).fetchall()[0]
+            if not plain or row[1]:  # the plain first pass is used only on tidy strings
+                out.append(row[0])
+    assert len(set(out)) == 1, out
+    return out[0]
 
 
 def both(tags, rating, safety=None, legacy=False):
@@ -136,3 +203,41 @@ def test_recipe_has_no_way_to_remove_a_house_tag():
         "extra_blocked_tags",
         "extra_blocked_unless_general",
     }
+
+
+@pytest.mark.parametrize(("spelling", "key"), HOSTILE_SPELLINGS)
+@pytest.mark.parametrize("rating", ["g", "e", None])
+def test_no_spelling_hides_a_listed_tag(spelling, key, rating):
+    reason = both([*HARMLESS, spelling], rating)
+    if key in ALWAYS_BLOCKED:
+        assert reason == f"safety: blocked tag {key}"
+    elif rating == "g":
+        assert reason is None
+    else:
+        assert reason == f"safety: blocked tag {key} with rating {rating or 'missing'}"
+
+
+@pytest.mark.parametrize(
+    "extra", ["ｍｙ　Ｔａｇ", "my\u200b tag", " _My__Tag_ ", "MY\ttag", "mý tag"]
+)
+def test_recipe_extra_tags_are_read_in_the_same_form(extra):
+    safety = SafetyConfig(extra_blocked_tags=[extra])
+    assert blocked_lists(safety)[0][-1] == "my_tag"
+    assert both(["My_Tag"], "g", safety) == "safety: blocked tag my_tag"
+    assert both(["my\u200b_tag"], "g", safety) == "safety: blocked tag my_tag"
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        ["lo_li"],  # another word, not a spelling of loli
+        ["lolita_fashion", "child_of_light", "babysitter"],
+        ["loli\u0338"],  # combining long solidus overlay: drawn struck-through, still loli?
+        ["l.o.l.i"],
+    ],
+)
+def test_other_words_are_not_caught(tags):
+    if tags == ["loli\u0338"]:  # a combining mark is removed: it is the listed word
+        assert both(tags, "e") == "safety: blocked tag loli"
+    else:
+        assert both(tags, "e") is None

@@ -2,9 +2,11 @@
 
 Posts are read from the catalog as Arrow columns, captions built with `caption_fast` (the same
 rules as `captions.build_caption`, vectorised) and token counts added with the real CLIP
-vocabulary (`tokens.TokenCounter`). Then the `captions` table is replaced in one transaction,
-`WS/captions.jsonl` is written atomically and, on request, a kohya-style `NAME.txt` sidecar
-beside each image.
+vocabulary (`tokens.TokenCounter`). The safety filter judges every built caption again: a
+post whose caption shows a listed tag is excluded (`posts.excluded` starts with
+`safety.CAPTION_VERDICT`) and never written. Then the `captions` table is replaced in one
+transaction, `WS/captions.jsonl` is written atomically and, on request, a kohya-style
+`NAME.txt` sidecar beside each image.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import numpy as np
 from tagtune.atomic import atomic_path, write_text_atomic
 from tagtune.caption_write import ChunkWriter, chunk_tables, concat_chunks, write_jsonl
 from tagtune.captions import TAG_GROUPS, build_caption, explain_caption
-from tagtune.catalog import open_catalog, subset_where
+from tagtune.catalog import open_catalog
 from tagtune.errors import InputError, WorkspaceError
-from tagtune.recipe import CaptionConfig
+from tagtune.recipe import CaptionConfig, SafetyConfig
+from tagtune.safety import CAPTION_VERDICT
 from tagtune.tokens import TokenCounter
 from tagtune.workspace import Workspace
 
@@ -43,15 +46,16 @@ Progress = Callable[[str, int, int], None]
 
 
 def source_query(cfg: CaptionConfig) -> str:
-    """Included posts (not excluded): image file (or null), calendar date, tag lists in use."""
+    """Posts not excluded by their tags (a verdict on an earlier caption is judged again):
+    image file (or null), calendar date, tag lists in use, the rating as read."""
     tag_cols = "".join(f", posts.tags_{g}" for g in cfg.order if g in TAG_GROUPS)
     return f"""
 SELECT posts.id, posts.md5, coalesce(posts.favorite, FALSE) AS favorite, files.path AS file,
-       posts.score, posts.rating{tag_cols},
+       posts.score, posts.rating, posts.rating_raw{tag_cols},
        coalesce(posts.date, TRY_CAST(nullif(regexp_extract(posts.created_at,
                 '^\\s*(\\d{{4}}-\\d{{2}}-\\d{{2}})', 1), '') AS DATE)) AS pdate
 FROM posts LEFT JOIN files ON files.post_id = posts.id
-WHERE {subset_where("all")}
+WHERE posts.excluded IS NULL OR starts_with(posts.excluded, '{CAPTION_VERDICT}')
 """
 
 
@@ -206,11 +210,14 @@ def build_captions(
         sync_with_recipe(con, recipe)  # safety lists or legacy_ratings changed since ingest
         progress("reading posts", 0, 3)
         posts = _in_id_order(con.sql(source_query(cfg)).to_arrow_table())
-        summary.excluded = int(
-            con.execute("SELECT count(*) FROM posts WHERE excluded IS NOT NULL").fetchone()[0]
-        )
         progress("building and writing captions", 1, 3)
-        parts = _build_and_write(con, posts, cfg, counter, ws.captions_path, progress)
+        parts, blocked = _build_and_write(
+            con, posts, cfg, counter, ws.captions_path, progress, recipe.safety
+        )
+        posts = mark_caption_verdicts(con, posts, blocked)
+        summary.excluded = int(
+            con.execute("SELECT count(*) FROM posts WHERE excluded IS NOT NULL").fetchall()[0][0]
+        )
         stale = _excluded_images(con) if sidecars else []
     progress("summary", 2, 3)
     _summarise(summary, cfg, posts, parts)
@@ -223,20 +230,55 @@ def build_captions(
     return summary
 
 
+def mark_caption_verdicts(con, posts, blocked: dict[int, str]):
+    """Record the safety filter's verdicts on the built captions in `posts.excluded` (one
+    transaction; earlier caption verdicts are replaced) and return `posts` without them.
+
+    Their file rows stay, so a recipe change that clears the verdict needs no new ingest.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    verdicts = pa.table({"id": pa.array(list(blocked), pa.int64()),
+                         "reason": pa.array(list(blocked.values()), pa.string())})  # fmt: skip
+    con.register("_caption_verdicts", verdicts)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.execute(
+            "UPDATE posts SET excluded = NULL WHERE starts_with(excluded, ?)", [CAPTION_VERDICT]
+        ).fetchall()
+        con.execute(
+            "UPDATE posts SET excluded = v.reason FROM _caption_verdicts v WHERE posts.id = v.id"
+        ).fetchall()
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("_caption_verdicts")
+    if not blocked:
+        return posts
+    return posts.filter(pc.invert(pc.is_in(posts.column("id"), value_set=verdicts.column("id"))))
+
+
 def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, jsonl: Path,
-                     progress: Progress) -> list:  # fmt: skip
+                     progress: Progress, safety: SafetyConfig | None = None
+                     ) -> tuple[list, dict[int, str]]:  # fmt: skip
     """Build captions chunk by chunk while a writer thread inserts the chunks built so far.
 
     The writer replaces the `captions` table in one transaction (one INSERT reading the
     chunks as they come); captions.jsonl is written (atomically) here, once every chunk is
     built, while the insert finishes. DuckDB releases the GIL, so the insert overlaps the
-    building. Returns the `CaptionArrays` of every chunk, in row order.
+    building. A post whose caption the safety filter blocks is left out (and rebuilt
+    without: the summary counts only what is written). Returns the `CaptionArrays` of every
+    chunk, in row order, and post id -> verdict of the posts left out.
     """
     from tagtune.caption_fast import build_caption_arrays
 
     n = posts.num_rows
     starts = list(range(0, n, CHUNK_ROWS)) or [0]
     parts = []
+    blocked: dict[int, str] = {}
     with atomic_path(jsonl) as tmp:
         writer = ChunkWriter(con)
         writer.start()
@@ -245,7 +287,9 @@ def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, json
             lines = []
             for i, start in enumerate(starts):
                 chunk = posts.slice(start, CHUNK_ROWS)
-                res = build_caption_arrays(chunk, cfg, counter)
+                res = build_caption_arrays(chunk, cfg, counter, safety)
+                if res.blocked:
+                    chunk, res = _without_blocked(chunk, res, blocked, cfg, counter, safety)
                 parts.append(res)
                 rows, chunk_lines = chunk_tables(chunk, res)
                 writer.put(rows)
@@ -261,7 +305,23 @@ def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, json
             writer.finish(built)
         if writer.error is not None:
             raise writer.error
-    return parts
+    return parts, blocked
+
+
+def _without_blocked(chunk, res, blocked: dict[int, str], cfg: CaptionConfig,
+                     counter: TokenCounter, safety: SafetyConfig | None):  # fmt: skip
+    """The chunk without its blocked rows (their ids and verdicts added to `blocked`), and
+    its captions built again."""
+    import pyarrow as pa
+
+    from tagtune.caption_fast import build_caption_arrays
+
+    ids = chunk.column("id").to_pylist()
+    blocked.update({ids[row]: why for row, why in res.blocked.items()})
+    keep = np.ones(chunk.num_rows, dtype=bool)
+    keep[list(res.blocked)] = False
+    chunk = chunk.filter(pa.array(keep))
+    return chunk, build_caption_arrays(chunk, cfg, counter, safety)
 
 
 def _summarise(summary: CaptionSummary, cfg: CaptionConfig, posts, parts: list) -> None:
@@ -328,11 +388,15 @@ def show_caption(ws: Workspace, post_id: int, cfg: CaptionConfig | None = None) 
     """One post's caption broken down by group, with why each field token was chosen.
 
     Reads the post from the catalog and rebuilds its caption with the current recipe (nothing
-    is written). An excluded post says why it has no caption; an unknown id is an InputError.
+    is written). An excluded post (by its tags, or its caption blocked by the safety filter
+    now) says why it has no caption; an unknown id is an InputError.
     """
-    cfg = cfg or ws.recipe().caption
+    recipe = ws.recipe()
+    cfg = cfg or recipe.caption
     with open_catalog(ws.catalog_path, read_only=True) as con:
-        cur = con.execute(f"SELECT {POST_COLUMNS}, excluded FROM posts WHERE id = ?", [post_id])
+        cur = con.execute(
+            f"SELECT {POST_COLUMNS}, rating_raw, excluded FROM posts WHERE id = ?", [post_id]
+        )
         names = [d[0] for d in cur.description]
         row = cur.fetchone()
     if row is None:
@@ -340,12 +404,15 @@ def show_caption(ws: Workspace, post_id: int, cfg: CaptionConfig | None = None) 
             "no such post in the catalog", file=ws.catalog_path, field="id", value=post_id
         )
     post = dict(zip(names, row, strict=True))
-    parts = build_caption(post, cfg)
+    parts = build_caption(post, cfg, recipe.safety)
     counter = TokenCounter(cfg.separator)
-    included = post["excluded"] is None
+    excluded = post["excluded"]
+    if excluded is None or excluded.startswith(CAPTION_VERDICT):  # judged again now
+        excluded = parts.blocked
+    included = excluded is None
     return {
         "id": post_id,
-        "excluded": post["excluded"],
+        "excluded": excluded,
         "caption": parts.text if included else None,
         "tokens": counter.count_tags(parts.tags) if included else None,
         "tokenizer": counter.method,

@@ -11,7 +11,9 @@ per-post work becomes array operations:
 3. duplicates of a display text inside a row are dropped, first occurrence kept (only texts
    that can come from two sources are checked);
 4. captions are joined with Arrow's `binary_join`; token counts come from per-display-text
-   costs (`tokens.TokenCounter.tag_costs`) summed per row.
+   costs (`tokens.TokenCounter.tag_costs`) summed per row;
+5. the safety filter judges each distinct display text once (`safety.caption_hit_positions`)
+   and each caption by the smallest list position among its texts (`blocked`).
 
 `captions.build_caption` stays the reference: a test checks both agree on random posts.
 """
@@ -28,7 +30,8 @@ import pyarrow.compute as pc
 
 from tagtune.captions import TAG_GROUPS, escape_parentheses, tag_text
 from tagtune.errors import InputError
-from tagtune.recipe import CaptionConfig
+from tagtune.recipe import CaptionConfig, SafetyConfig
+from tagtune.safety import blocked_lists, caption_hit_positions, caption_reasons
 from tagtune.tokens import TokenCounter
 
 _EPOCH = dt.date(1970, 1, 1)
@@ -46,6 +49,8 @@ class CaptionArrays:
     group_tokens: dict[str, int]
     field_counts: dict[str, dict[str, int]]
     missing: dict[str, int]
+    blocked: dict[int, str] = field(default_factory=dict)
+    """Row -> the safety filter's verdict on that caption (rows not listed may be used)."""
 
 
 @dataclass
@@ -209,12 +214,14 @@ def _keep_first(rows: np.ndarray, dids: np.ndarray, multi: np.ndarray) -> np.nda
 
 
 def build_caption_arrays(
-    table: pa.Table, cfg: CaptionConfig, counter: TokenCounter
+    table: pa.Table, cfg: CaptionConfig, counter: TokenCounter, safety: SafetyConfig | None = None
 ) -> CaptionArrays:
-    """Captions (tags, groups, text, token count) of every row of `table`.
+    """Captions (tags, groups, text, token count) of every row of `table`, and the safety
+    filter's verdict on each (`blocked`; house lists plus `safety`'s).
 
     `table` has the posts columns score, rating, tags_<group> for the tag groups in
-    `cfg.order`, and `pdate` (the calendar date). Results follow the input row order.
+    `cfg.order`, and `pdate` (the calendar date); `rating_raw` when present is the rating
+    the filter reads (else `rating`). Results follow the input row order.
     """
     n, n_groups = table.num_rows, len(cfg.order)
     slots, keys, missing = _slots(table, cfg)
@@ -260,7 +267,29 @@ def build_caption_arrays(
         {g: int(s) for g, s in zip(cfg.order, sums, strict=True)},
         field_counts,
         missing,
+        _blocked(table, texts, rows, dids, cfg.separator, safety),
     )
+
+
+def _blocked(table: pa.Table, texts: list[str], rows: np.ndarray, dids: np.ndarray,
+             separator: str, safety: SafetyConfig | None) -> dict[int, str]:  # fmt: skip
+    """Row -> verdict for the captions that show a listed tag (usually none)."""
+    always, unless_general = (len(x) for x in blocked_lists(safety))
+    a_text, u_text = caption_hit_positions(texts, safety, separator)
+    n = table.num_rows
+    row_a = np.full(n, always, dtype=np.int64)
+    row_u = np.full(n, unless_general, dtype=np.int64)
+    for text_pos, row_pos, none in ((a_text, row_a, always), (u_text, row_u, unless_general)):
+        elem = text_pos[dids]
+        sel = np.flatnonzero(elem < none)
+        np.minimum.at(row_pos, rows[sel], elem[sel])
+    flagged = np.flatnonzero((row_a < always) | (row_u < unless_general))
+    if not len(flagged):
+        return {}
+    col = "rating_raw" if "rating_raw" in table.column_names else "rating"
+    ratings = table.column(col).take(pa.array(flagged)).to_pylist()
+    reasons = caption_reasons(row_a[flagged], row_u[flagged], ratings, safety)
+    return {int(r): why for r, why in zip(flagged, reasons, strict=True) if why}
 
 
 def _token_counts(

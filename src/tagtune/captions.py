@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tagtune.recipe import CaptionConfig, PeriodBand, QualityBand
+from tagtune.recipe import CaptionConfig, PeriodBand, QualityBand, SafetyConfig
+from tagtune.safety import caption_blocked_reason
 
 TAG_GROUPS = ("artist", "copyright", "character", "general", "meta")
 """Groups whose tags come from the post's tag lists (`posts.tags_<group>`)."""
@@ -112,11 +113,16 @@ def order_group(group: str, tags: Sequence[str | None] | None, cfg: CaptionConfi
 
 @dataclass(frozen=True)
 class CaptionParts:
-    """A built caption: its tags as written, the group of each, and the joined text."""
+    """A built caption: its tags as written, the group of each, and the joined text.
+
+    `blocked` is the safety filter's verdict on the caption itself (None: it may be used);
+    a blocked caption is never written.
+    """
 
     tags: list[str]
     groups: list[str]
     text: str
+    blocked: str | None = None
 
 
 def _group_tokens(group: str, post: Mapping[str, Any], cfg: CaptionConfig) -> list[str]:
@@ -142,10 +148,13 @@ def post_date(post: Mapping[str, Any]) -> dt.date | None:
     return calendar_date(post.get("created_at"))
 
 
-def build_caption(post: Mapping[str, Any], cfg: CaptionConfig) -> CaptionParts:
+def build_caption(
+    post: Mapping[str, Any], cfg: CaptionConfig, safety: SafetyConfig | None = None
+) -> CaptionParts:
     """Build the caption of one post (a mapping with the `posts` table's columns).
 
-    Missing fields give no token for their group; nothing here raises on absent data.
+    Missing fields give no token for their group; nothing here raises on absent data. The
+    safety filter (house lists plus `safety`'s) judges the built caption again: `blocked`.
     """
     tags: list[str] = []
     groups: list[str] = []
@@ -156,7 +165,9 @@ def build_caption(post: Mapping[str, Any], cfg: CaptionConfig) -> CaptionParts:
                 seen.add(tok)
                 tags.append(tok)
                 groups.append(group)
-    return CaptionParts(tags, groups, cfg.separator.join(tags))
+    rating = post["rating_raw"] if "rating_raw" in post else post.get("rating")
+    blocked = caption_blocked_reason(tags, rating, safety, cfg.separator)
+    return CaptionParts(tags, groups, cfg.separator.join(tags), blocked)
 
 
 def explain_caption(post: Mapping[str, Any], cfg: CaptionConfig) -> list[dict[str, Any]]:

@@ -26,8 +26,9 @@ from tagtune.ingest.normalize import (
     normalized_sql,
     posts_select_sql,
     rating_sql,
+    renormalize_sql,
 )
-from tagtune.ingest.record_checks import bad_records, odd_fields
+from tagtune.ingest.record_checks import bad_records, hidden_characters, odd_fields
 from tagtune.ingest.report import catalog_summary
 from tagtune.ingest.sources import (
     Problem,
@@ -37,7 +38,8 @@ from tagtune.ingest.sources import (
     read_folder,
 )
 from tagtune.recipe import Recipe
-from tagtune.safety import blocked_hits_sql, blocked_lists, blocked_sql
+from tagtune.safety import CAPTION_VERDICT, blocked_hits_sql, blocked_lists, blocked_sql
+from tagtune.tag_normalize import TAG_RULES, sql_functions
 from tagtune.workspace import Workspace
 
 
@@ -320,15 +322,18 @@ def _write_source(
     """Inside the source's transaction: posts, files, then the problems (appended to
     `problems`). `stats` None: the fast path, every record is assumed to have a unique id."""
     n, n_ids, n_distinct = stats or (0, 0, 0)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW _norm AS {normalized_sql('_raw')}")
-    select = posts_select_sql(
-        "_norm", recipe.ingest.legacy_ratings, recipe.safety, key, all_have_ids=n_ids == n
-    )
-    _insert_posts(con, select, unique_ids=n_ids == n_distinct)
-    if n_ids < n:
-        problems += bad_records(con, kind)
-    problems += odd_fields(con, key)
-    rows, file_problems = _check_files(con, _candidates(con, kind, images), recipe, progress)
+    hidden: dict = {}  # tag strings with control or invisible characters (tag_normalize)
+    listed = set().union(*blocked_lists(recipe.safety))
+    with sql_functions(con, hidden, listed) as split_fn:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _norm AS {normalized_sql('_raw', split_fn)}")
+        select = posts_select_sql(
+            "_norm", recipe.ingest.legacy_ratings, recipe.safety, key, all_have_ids=n_ids == n
+        )
+        _insert_posts(con, select, unique_ids=n_ids == n_distinct)
+        if n_ids < n:
+            problems += bad_records(con, kind)
+        problems += odd_fields(con, key) + hidden_characters(hidden, key)
+        rows, file_problems = _check_files(con, _candidates(con, kind, images), recipe, progress)
     problems += file_problems
     insert_rows(con, "files", FILE_COLUMNS, rows)
     record_problems(con, key, problems)
@@ -339,27 +344,34 @@ def refresh_safety(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
     rating setting (`ingest.legacy_ratings`).
 
     Posts are inserted once, so without this a tag added to the recipe later would never
-    reach them. Newly excluded posts lose their file row and caption. Caption and train call
-    this too, so a recipe change takes effect before anything is built from the catalog.
-    Returns how many posts changed their exclusion.
+    reach them. Stored tags that are not tidy are normalised again first (a catalog from
+    before the tag normaliser). Newly excluded posts lose their file row and caption. A
+    verdict on a built caption (`safety.CAPTION_VERDICT`) stays until caption judges again.
+    Caption and train call this too, so a recipe change takes effect before anything is
+    built from the catalog. Returns how many posts changed their exclusion.
     """
     hits = blocked_hits_sql([f"tags_{g}" for g in GROUPS], recipe.safety)
     verdict = blocked_sql("hits", "rating_raw", recipe.safety)
     rating = rating_sql("rating_raw", recipe.ingest.legacy_ratings)
-    with transaction(con):
+    by_caption = f"starts_with(coalesce(posts.excluded, ''), '{CAPTION_VERDICT}')"
+    listed = set().union(*blocked_lists(recipe.safety))
+    with transaction(con), sql_functions(con, blocked=listed) as split_fn:
+        for g in GROUPS:
+            con.execute(renormalize_sql(g, split_fn)).fetchall()
         con.execute(
             f"UPDATE posts SET rating = {rating} WHERE rating IS DISTINCT FROM {rating}"
         ).fetchall()
         changed = con.execute(
             f"UPDATE posts SET excluded = v.reason FROM (SELECT id, {verdict} AS reason FROM "
             f"(SELECT id, rating_raw, {hits} AS hits FROM posts)) v "
-            "WHERE posts.id = v.id AND posts.excluded IS DISTINCT FROM v.reason"
+            "WHERE posts.id = v.id AND posts.excluded IS DISTINCT FROM v.reason "
+            f"AND NOT (v.reason IS NULL AND {by_caption})"
         ).fetchone()[0]
         for table in ("files", "captions"):
             con.execute(
                 f"DELETE FROM {table} WHERE post_id IN "
-                "(SELECT id FROM posts WHERE excluded IS NOT NULL)"
-            )
+                f"(SELECT id FROM posts WHERE excluded IS NOT NULL AND NOT {by_caption})"
+            ).fetchall()
     return int(changed)
 
 
@@ -368,7 +380,7 @@ def judged_with(recipe: Recipe) -> str:
     always, unless_general = blocked_lists(recipe.safety)
     return json.dumps(
         {"always": sorted(always), "unless_general": sorted(unless_general),
-         "legacy_ratings": recipe.ingest.legacy_ratings},
+         "legacy_ratings": recipe.ingest.legacy_ratings, "tag_rules": TAG_RULES},
         sort_keys=True,
     )  # fmt: skip
 

@@ -4,6 +4,8 @@ usable id (dropped), a value that cannot be used (the post is kept, the value un
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 
 from tagtune.ingest.sources import Problem
@@ -59,4 +61,24 @@ def odd_fields(con: duckdb.DuckDBPyConnection, source: str) -> list[Problem]:
                 f"post {pid}: {name} = {value!r} is not {what}; kept as unknown",
             )
         )
+    return out
+
+
+def hidden_characters(found: dict[tuple[str | None, str], str], source: str) -> list[Problem]:
+    """Records whose tag strings held control or invisible characters
+    (`tag_normalize.sql_functions` collects them): removed, the post and its tags kept."""
+
+    def post_id(rid: str | None) -> int | None:
+        return int(rid) if rid is not None and re.fullmatch(r"-?[0-9]{1,18}", rid) else None
+
+    out = []
+    for (rid, name), chars in sorted(found.items(), key=lambda kv: (post_id(kv[0][0]) or 0, kv[0])):
+        pid = post_id(rid)
+        out.append(
+            Problem(source, pid, "bad-field",
+                    f"post {rid}: {name} held control or invisible characters ({chars}); "
+                    "removed, tags kept")
+        )  # fmt: skip
+        if len(out) >= 10000:
+            break
     return out
