@@ -18,6 +18,7 @@ POOL = [
     "+_+", "0_0", "^_^", "o_o", "(o)_(o)", "<|>_<|>", "||_||", "long_hair", "long hair", "smile",
     "blue_sky", "saber_(fate)", "fate_(series)", "some_artist", "highres", "nsfw", "safe",
     "k-on!", "ranma_1/2", ":d", ">:)", "café", "日本語_タグ", "best_quality", "", None,
+    "Oppai_Loli", "child", "baby_carriage",  # listed by the safety filter (judged again)
 ]  # fmt: skip
 GROUPS = ("artist", "copyright", "character", "general", "meta")
 SCHEMA = pa.schema(
@@ -80,6 +81,8 @@ def test_fast_path_matches_reference(posts, name):
     assert res.caption.to_pylist() == [e.text for e in expected]
     assert res.tags.to_pylist() == [e.tags for e in expected]
     assert res.groups.to_pylist() == [e.groups for e in expected]
+    assert [res.blocked.get(i) for i in range(len(posts))] == [e.blocked for e in expected]
+    assert any(e.blocked for e in expected) and not all(e.blocked for e in expected)
     whole = counter.count_texts([e.text for e in expected])
     assert res.tokens.tolist() == whole
     assert sum(res.group_tokens.values()) == sum(whole) or not counter.by_tag
