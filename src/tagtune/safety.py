@@ -1,4 +1,4 @@
-"""The minor-safety filter (DESIGN.md, "Responsible use"): always on, never shrinkable.
+"""The minor-safety filter (docs/design.md, "Responsible use"): always on, never shrinkable.
 
 A post whose tags mark an apparent minor never enters training. The filter reads tags (not
 md5 or files: restricted posts often lack md5). Some tags are blocked at any rating; others

@@ -167,7 +167,7 @@ def _parser() -> duckdb.DuckDBPyConnection:
 
 def _serialize(sql: str) -> dict[str, Any]:
     with _LOCK:
-        text = _parser().execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()[0]
+        text = _parser().execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchall()[0][0]
     try:
         return json.loads(text)
     except (ValueError, RecursionError):

@@ -6,7 +6,7 @@ where a record came from; file is the paired image (folder sources).
 This module turns it into typed post columns inside DuckDB, so a million-post dump never
 passes through Python one post at a time.
 
-Field rules (DESIGN.md): tag strings are split into normal tags by the one tag normaliser
+Field rules (docs/design.md): tag strings are split into normal tags by the one tag normaliser
 (`tag_normalize`: NFKC, any whitespace separates, hidden characters removed and reported);
 gallery-dl's `tags_*` lists win when present and are normalised the same way; `date` is the calendar date as written in created_at (its own offset, not UTC), or
 gallery-dl's UTC `date` when created_at is missing; `rating_raw` is as read and `rating` is its

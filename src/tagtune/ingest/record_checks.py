@@ -72,7 +72,10 @@ def hidden_characters(found: dict[tuple[str | None, str], str], source: str) -> 
         return int(rid) if rid is not None and re.fullmatch(r"-?[0-9]{1,18}", rid) else None
 
     out = []
-    for (rid, name), chars in sorted(found.items(), key=lambda kv: (post_id(kv[0][0]) or 0, kv[0])):
+    order = sorted(found.items(), key=lambda kv: (post_id(kv[0][0]) or 0, str(kv[0][0]), kv[0][1]))
+    for (rid, name), chars in order:
+        if rid is None:  # a record without an id is dropped and reported as such
+            continue
         pid = post_id(rid)
         out.append(
             Problem(source, pid, "bad-field",
