@@ -9,12 +9,12 @@ from the safety filter:
 - control characters (Cc, NUL included), invisible format characters (Cf: zero-width
   space/joiner, BOM, bidi marks), lone surrogates and the other default-ignorable code
   points are removed; the string is reported (`found`) so ingest can record a `bad-field`
-  problem, and its tags are kept.
+  problem, and its tags are kept. Given the filter's keys, a listed tag that the other
+  reading of those characters shows (`1girl<NUL>loli`) is kept as a tag too.
 
 A tidy string (`TIDY_PATTERN`: printable ASCII, single spaces) is already normal and is just
-split. Inside
-DuckDB (`split_tags_sql`) tidy strings are split by DuckDB itself and only the rest goes
-through `split_tags` (a Python function registered by `sql_functions`), so a clean
+split. Inside DuckDB (`split_tags_sql`) tidy strings are split by DuckDB itself and only the
+rest goes through `split_tags` (a Python function registered by `sql_functions`), so a clean
 million-post dump never calls Python per post.
 
 `filter_key` is the form the safety filter compares: a tag (whitespace read as underscores,
