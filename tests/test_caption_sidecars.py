@@ -127,3 +127,14 @@ def test_overwrite_alone_is_refused(ws, capsys):
     res = run_cli(capsys, "caption", ws.root, "--overwrite")
     assert res.code == 2
     assert res.error_lines == ["error: --overwrite: only applies to sidecars"]
+
+
+def test_a_symlinked_sidecar_or_a_file_as_sidecars_dir_is_refused(ws, tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text(HAND_MADE)
+    _txt(ws, "a.txt").symlink_to(mine)
+    with pytest.raises(InputError, match="1 existing sidecar file"):
+        build_captions(ws, sidecars=True)
+    assert mine.read_text() == HAND_MADE
+    with pytest.raises(InputError, match="is not a folder"):
+        build_captions(ws, sidecars_dir=mine)
