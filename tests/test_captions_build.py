@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tagtune import caption_build, caption_fast, caption_write
-from tagtune.caption_build import build_captions, show_caption, sidecar_path
+from tagtune.caption_build import build_captions, show_caption
+from tagtune.caption_sidecars import sidecar_path
 from tagtune.catalog import open_catalog
 from tagtune.cli.main import app
 from tagtune.errors import InputError, WorkspaceError

@@ -192,3 +192,21 @@ def test_cli_card(ws, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout) == {"card": str(out)}
     assert "| Training steps | 72,982 |" in out.read_text()
+
+
+def test_card_over_an_existing_file_needs_force_and_never_replaces_the_model(ws, capsys):
+    from cli_main import run_cli
+
+    card = ws.out_dir / "tagtune-sdxl.md"
+    card.write_text("my notes")
+    res = run_cli(capsys, "card", ws.root)
+    assert res.code == 2 and res.error_lines == [f"error: {card}: output exists"]
+    assert card.read_text() == "my notes"
+    assert run_cli(capsys, "card", ws.root, "--force").code == 0
+    assert card.read_text().startswith("# ")
+    model = ws.out_dir / "tagtune-sdxl.safetensors"
+    model.write_bytes(b"weights")
+    for target in (model, ws.runs_dir / "run1" / "run.json", ws.recipe_path):
+        res = run_cli(capsys, "card", ws.root, "--out", target, "--force")
+        assert res.code == 2 and "an input is never replaced" in res.error_lines[0]
+    assert model.read_bytes() == b"weights"

@@ -345,8 +345,10 @@ def test_output_may_not_overwrite_an_input(parents):
     a, b, _ = parents
     before = a.read_bytes()
     with pytest.raises(InputError) as exc:
-        merge_checkpoints(a, b, a, MergeSpec())
-    assert str(exc.value) == f"{a}: the output would overwrite an input checkpoint"
+        merge_checkpoints(a, b, a, MergeSpec(), force=True)
+    assert str(exc.value) == (
+        f"{a}: would replace parent A; an input is never replaced, not even with --force"
+    )
     assert a.read_bytes() == before
 
 

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from tagtune.cli.main import app
-from tagtune.errors import ModelFileError
+from tagtune.errors import InputError, ModelFileError
 from tagtune.hashes import file_hashes
 from tagtune.models.safetensors_io import load_tensors, read_header, write_safetensors
 from tagtune.models.save import save_diffusers, save_single_file
@@ -61,11 +61,12 @@ def test_bake_replaces_every_vae_tensor_from_any_layout(files, tmp_path, source)
     assert meta["tagtune.baked_vae"] == vae.name
 
 
-def test_bake_in_place(files, tmp_path):
+def test_baking_in_place_is_refused_even_with_force(files, tmp_path):
     target = tmp_path / "ckpt.safetensors"
     target.write_bytes(files["base"].read_bytes())
-    bake_vae(target, files["bare"], target)
-    check_baked(files, target)
+    with pytest.raises(InputError, match="would replace the checkpoint; an input is never"):
+        bake_vae(target, files["bare"], target, force=True)
+    assert target.read_bytes() == files["base"].read_bytes()
 
 
 def test_wrong_shaped_vae_is_refused_and_nothing_is_written(files, tmp_path):

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tagtune.caption_build import build_captions, show_caption, sidecar_path
+from tagtune.caption_build import build_captions, show_caption
+from tagtune.caption_sidecars import sidecar_path
 from tagtune.caption_fast import build_caption_arrays
 from tagtune.captions import build_caption
 from tagtune.catalog import open_catalog
@@ -165,9 +166,11 @@ def caption_ws(tmp_path, caption: dict):
     ],
 )
 def test_a_caption_that_shows_a_listed_tag_is_never_written(tmp_path, tokens, verdict):
-    ws = caption_ws(tmp_path, {"ratings": {"s": tokens}})
+    ws = caption_ws(tmp_path, {"ratings": {"s": ["sensitive"]}})
+    build_captions(ws, sidecars=True)  # an earlier, harmless caption run wrote the sidecar
     sidecar = sidecar_path(ws.root / "images" / "2.png")
-    sidecar.write_text("an old caption")  # written by an earlier caption run
+    assert sidecar.exists()
+    init_workspace(ws.root, parse_recipe({"caption": {"ratings": {"s": tokens}}}), True)
     summary = build_captions(ws, sidecars=True)
     assert (summary.captions, summary.excluded) == (2, 1)
     lines = [json.loads(x) for x in ws.captions_path.read_text().splitlines()]

@@ -2,6 +2,10 @@
 
 A reader never sees a half-written file, and an interrupted write never destroys what
 was there before.
+
+A temporary entry is named `.{target name}.{8 random}.{pid}-{host}.tmp`: it names the
+process that writes it, so a later writer of the same target can remove what a killed one
+left (`clean_stale_temps`) without ever touching a live writer's temp (see `stale_temps`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from tagtune.stale_temps import temp_suffix
 
 
 def _umask() -> int:
@@ -44,7 +50,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=temp_suffix(), dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     _normal_mode(tmp_path)
@@ -85,7 +91,7 @@ def atomic_dir(target: str | Path, marker: str = "COMPLETE") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=temp_suffix(), dir=target.parent))
     _normal_mode(tmp, directory=True)
     try:
         yield tmp

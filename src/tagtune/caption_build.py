@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from tagtune.atomic import atomic_path, write_text_atomic
+from tagtune.atomic import atomic_path
+from tagtune.caption_sidecars import sync_sidecars
 from tagtune.caption_write import ChunkWriter, chunk_tables, concat_chunks, write_jsonl
 from tagtune.captions import TAG_GROUPS, build_caption, explain_caption
 from tagtune.catalog import open_catalog
 from tagtune.errors import InputError, WorkspaceError
 from tagtune.recipe import CaptionConfig, SafetyConfig
 from tagtune.safety import CAPTION_VERDICT
+from tagtune.stale_temps import clean_stale_temps
 from tagtune.tokens import TokenCounter
 from tagtune.workspace import Workspace
 
@@ -85,6 +87,8 @@ class CaptionSummary:
     missing: dict[str, int] = field(default_factory=dict)
     sidecars: int = 0
     sidecars_removed: int = 0
+    sidecars_kept: int = 0
+    sidecars_dir: str | None = None
     jsonl: str = ""
     seconds: float = 0.0
 
@@ -126,64 +130,12 @@ def _field_summary(cfg: CaptionConfig, counts: dict[str, dict[str, int]], s: Cap
         )
 
 
-def sidecar_path(image: Path) -> Path:
-    """The kohya caption sidecar of an image: `image.png` -> `image.txt`."""
-    return image.with_suffix(".txt")
-
-
-def write_sidecars(ws: Workspace, rows: list[tuple[str, str]], progress: Progress = _noop) -> int:
-    """Write `caption` to the sidecar of each (image path, caption); unchanged files are kept.
-
-    Returns how many sidecars exist afterwards. A missing image folder is an InputError.
-    """
-    done = 0
-    for i, (image, caption) in enumerate(rows):
-        target = sidecar_path(ws.resolve(image))
-        if not target.parent.is_dir():
-            raise InputError("image folder is missing", file=target.parent, field="files.path")
-        try:
-            same = target.read_text(encoding="utf-8") == caption
-        except (FileNotFoundError, UnicodeDecodeError):
-            same = False
-        if not same:
-            write_text_atomic(target, caption)
-        done += 1
-        if i % 1000 == 0:
-            progress("writing sidecars", i, len(rows))
-    progress("writing sidecars", len(rows), len(rows))
-    return done
-
-
-def remove_sidecars(ws: Workspace, images: list[str]) -> int:
-    """Remove the sidecars of these images (posts excluded since they were written).
-
-    An excluded post's caption must not stay beside its image, where a kohya-style trainer
-    would read it. Returns how many were removed.
-    """
-    removed = 0
-    for image in images:
-        target = sidecar_path(ws.resolve(image))
-        try:
-            target.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def _excluded_images(con) -> list[str]:
-    """Image paths of excluded posts."""
-    rows = con.execute(
-        "SELECT files.path FROM posts JOIN files ON files.post_id = posts.id "
-        "WHERE posts.excluded IS NOT NULL ORDER BY posts.id"
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def build_captions(
     ws: Workspace,
     *,
     sidecars: bool = False,
+    sidecars_dir: str | Path | None = None,
+    overwrite: bool = False,
     cfg: CaptionConfig | None = None,
     counter: TokenCounter | None = None,
     progress: Progress = _noop,
@@ -192,12 +144,20 @@ def build_captions(
 
     Excluded posts get no caption; posts without an image file are captioned (`file` null in
     captions.jsonl) and counted. Missing score/rating/date give no token and are counted.
+    Sidecars (`sidecars`, or `sidecars_dir` to write them into that folder) never replace a
+    file tagtune did not write unless `overwrite` (see `caption_sidecars`).
     """
     import pyarrow as pa
 
     from tagtune.ingest.driver import sync_with_recipe
 
     t0 = time.perf_counter()
+    sidecars = sidecars or sidecars_dir is not None
+    if overwrite and not sidecars:
+        raise InputError("only applies to sidecars", field="--overwrite", hint="add --sidecars")
+    if sidecars_dir is not None and Path(sidecars_dir).exists() and not Path(sidecars_dir).is_dir():
+        raise InputError("is not a folder", file=sidecars_dir, field="--sidecars-dir")
+    clean_stale_temps(ws.captions_path)
     recipe = ws.recipe()
     cfg = cfg or recipe.caption
     if not ws.catalog_path.exists():
@@ -218,13 +178,15 @@ def build_captions(
         summary.excluded = int(
             con.execute("SELECT count(*) FROM posts WHERE excluded IS NOT NULL").fetchall()[0][0]
         )
-        stale = _excluded_images(con) if sidecars else []
+        if sidecars:
+            caption = pa.chunked_array([r.caption for r in parts], pa.string())
+            side = sync_sidecars(con, ws, _image_captions(posts, caption), folder=sidecars_dir,
+                                 overwrite=overwrite, progress=progress)  # fmt: skip
+            summary.sidecars, summary.sidecars_removed = side.sidecars, side.removed
+            summary.sidecars_kept = side.kept
+            summary.sidecars_dir = str(sidecars_dir) if sidecars_dir is not None else None
     progress("summary", 2, 3)
     _summarise(summary, cfg, posts, parts)
-    if sidecars:
-        caption = pa.chunked_array([r.caption for r in parts], pa.string())
-        summary.sidecars = write_sidecars(ws, _image_captions(posts, caption), progress)
-        summary.sidecars_removed = remove_sidecars(ws, stale)
     progress("done", 3, 3)
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary
@@ -353,13 +315,14 @@ def _add_up(counts) -> dict:
     return total
 
 
-def _image_captions(posts, caption) -> list[tuple[str, str]]:
-    """(image path, caption) of every post that has an image file."""
+def _image_captions(posts, caption) -> list[tuple[int, str, str]]:
+    """(post id, image path, caption) of every post that has an image file."""
     import pyarrow.compute as pc
 
     mask = pc.is_valid(posts.column("file")).combine_chunks()
+    ids = posts.column("id").filter(mask).to_pylist()
     files = posts.column("file").filter(mask).to_pylist()
-    return list(zip(files, caption.filter(mask).to_pylist(), strict=True))
+    return list(zip(ids, files, caption.filter(mask).to_pylist(), strict=True))
 
 
 def _in_id_order(table):

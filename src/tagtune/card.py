@@ -15,6 +15,7 @@ from typing import Any
 
 from tagtune.atomic import write_text_atomic
 from tagtune.errors import WorkspaceError
+from tagtune.outputs import claim_output
 from tagtune.workspace import Workspace, open_workspace
 
 RUN_FILE = "run.json"
@@ -332,18 +333,28 @@ def render_card(
 
 
 def write_card(
-    ws: Workspace | str | Path, run: str | None = None, out: str | Path | None = None
+    ws: Workspace | str | Path,
+    run: str | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
 ) -> Path:
     """Write the model card of `run` (default: the recipe's run) and return its path.
 
     Default location: WS/out/<exported file stem>.md. Missing records raise a
-    WorkspaceError naming the file that is missing.
+    WorkspaceError naming the file that is missing. An existing card is replaced only with
+    `force`; the files it is made from (model, run record, recipe, catalog) never are.
     """
     ws = ws if isinstance(ws, Workspace) else open_workspace(ws)
     run = run or ws.recipe().train.run
     run_path, record = _load_run(ws, run)
     file_name, hashes = _export_hashes(ws, record, run_path)
-    text = render_card(record, _recommended(ws), file_name, hashes)
     target = Path(out) if out else ws.out_dir / f"{Path(file_name).stem}.md"
+    inputs = [
+        ("the exported model", ws.resolve(record["export"]["path"])),
+        ("the run record", run_path),
+        *ws.inputs(),
+    ]
+    claim_output(target, force=force, inputs=inputs)
+    text = render_card(record, _recommended(ws), file_name, hashes)
     write_text_atomic(target, text)
     return target

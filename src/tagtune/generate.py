@@ -18,6 +18,7 @@ from typing import Any
 
 from tagtune.errors import DependencyError, InputError
 from tagtune.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
+from tagtune.outputs import claim_output
 
 # our sampler name -> (diffusers scheduler class, config overrides)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -248,6 +249,10 @@ def generate(
     paths = []
     for i in range(n):
         image_seed = (seed + i) % (MAX_SEED + 1)
+        target = out_dir / f"{first + i:05d}-{image_seed}.png"
+        claim_output(
+            target, inputs=[("the model", model if isinstance(model, str | Path) else None)]
+        )
         image = render(pipe, embeddings, image_seed, steps, cfg, width, height)
         info = Infotext(
             prompt=prompt,
@@ -262,7 +267,7 @@ def generate(
             model=loaded.name,
             clip_skip=clip_skip,
         )
-        paths.append(write_png(image, out_dir / f"{first + i:05d}-{image_seed}.png", info))
+        paths.append(write_png(image, target, info))
         if progress:
             progress(i + 1, n)
     return paths

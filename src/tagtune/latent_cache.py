@@ -34,6 +34,7 @@ from tagtune.atomic import atomic_path, write_text_atomic
 from tagtune.buckets import CropPlan
 from tagtune.errors import InputError, WorkspaceError
 from tagtune.models.components import VAE_SCALING_FACTOR
+from tagtune.stale_temps import Freed, clean_stale_temps, clean_stale_temps_in
 
 CACHE_FORMAT = 1
 STORE_DTYPE = torch.float16
@@ -114,6 +115,7 @@ def write_manifest(
         "settings": settings,
         "entries": [r.to_json() for r in records],
     }
+    clean_stale_temps(folder / MANIFEST)
     write_text_atomic(folder / MANIFEST, json.dumps(data, separators=(",", ":")))
 
 
@@ -157,7 +159,16 @@ class ShardWriter:
         self._pending: dict[str, torch.Tensor] = {}
         self._entries: dict[str, dict[str, Any]] = {}
         self.shards_written = 0
+        self.freed = self._clean_stale_temps()
         self._seq = self._adopt_orphans()
+
+    def _clean_stale_temps(self) -> Freed:
+        """Remove the temporaries killed writes of this rank's shards and index left."""
+        mine = re.compile(rf"^shard-r{self.rank}-\d+\.safetensors$")
+        index = self.index_path.name
+        return clean_stale_temps_in(
+            self.folder, lambda name: name == index or mine.match(name) is not None
+        )
 
     def _adopt_orphans(self) -> int:
         """Add this rank's complete-but-unindexed shards to the index; return the next number."""

@@ -38,6 +38,7 @@ from tagtune.merge_io import (
     to_tensor,
 )
 from tagtune.models.safetensors_io import Header, encode_header, itemsize
+from tagtune.outputs import claim_output
 
 MODES = ("weighted-sum", "add-difference")
 DEFAULT_ALPHA = 0.3
@@ -284,6 +285,7 @@ def merge_checkpoints(
     c: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     hash_parents: bool = True,
+    force: bool = False,
 ) -> MergeResult:
     """Merge checkpoints A and B (and C for add-difference) into `out`, streaming.
 
@@ -291,14 +293,15 @@ def merge_checkpoints(
     (see `merge_io`), and reading, hashing, the math and writing overlap on their own threads.
     `progress(done_bytes, total_bytes)` is called after each piece. With `hash_parents`
     (default) the metadata names each parent's AutoV2, hashed from the same reads;
-    without it only the file names are recorded (faster).
+    without it only the file names are recorded (faster). An existing `out` is replaced only
+    with `force`, and never when it is a parent (see `outputs.claim_output`).
     """
     start = time.perf_counter()
     spec.validate(c is not None)
     paths = [Path(a), Path(b)] + ([Path(c)] if c is not None else [])
     out = Path(out)
-    if out.exists() and any(out.resolve() == p.resolve() for p in paths if p.exists()):
-        raise InputError("the output would overwrite an input checkpoint", file=out)
+    parents_in = [(f"parent {r.upper()}", p) for r, p in zip("abc", paths, strict=False)]
+    claim_output(out, force=force, inputs=parents_in)
     headers = [read_parent(p) for p in paths]
     check_same_architecture(headers)
     ha = headers[0]

@@ -21,6 +21,7 @@ from tagtune.buckets import Bucket, StagePlan, count_buckets, plan_steps
 from tagtune.catalog import CatalogBusyError, check_subset, open_catalog
 from tagtune.errors import RecipeError, WorkspaceError
 from tagtune.latents import PrepareItem, PrepareResult, Problem, encode_images
+from tagtune.outputs import Inputs, claim_output
 from tagtune.subset_sql import stage_field
 from tagtune.workspace import Workspace
 
@@ -246,8 +247,17 @@ def prepare_workspace(
     return result
 
 
-def bucket_chart(counts: Mapping[Bucket, int], out: str | Path, title: str = "") -> Path:
-    """Bar chart of images per bucket (tallest to widest), written atomically as PNG."""
+def bucket_chart(
+    counts: Mapping[Bucket, int],
+    out: str | Path,
+    title: str = "",
+    force: bool = False,
+    inputs: Inputs = (),
+) -> Path:
+    """Bar chart of images per bucket (tallest to widest), written atomically as PNG.
+
+    An existing `out` is replaced only with `force`, never one of `inputs` (`outputs`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,6 +265,7 @@ def bucket_chart(counts: Mapping[Bucket, int], out: str | Path, title: str = "")
 
     if not counts:
         raise WorkspaceError("no images to chart", field="buckets", hint="run `tagtune ingest`")
+    claim_output(out, force=force, inputs=inputs)
     labels = [f"{w}x{h}" for w, h in counts]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(labels) + 2), 4.5), dpi=100)
     try:

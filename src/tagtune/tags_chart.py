@@ -98,11 +98,22 @@ def _token_order(ws: Workspace) -> dict[str, list[str]]:
 
 
 def write_tags_chart(
-    ws: Workspace, out: str | Path, subset: str = "all", where: str | None = None, n: int = 30
+    ws: Workspace,
+    out: str | Path,
+    subset: str = "all",
+    where: str | None = None,
+    n: int = 30,
+    force: bool = False,
 ) -> ChartResult:
-    """Chart the top `n` content tags of a subset and its quality/rating/period distribution."""
+    """Chart the top `n` content tags of a subset and its quality/rating/period distribution.
+
+    An existing `out` is replaced only with `force` (never the workspace's own records).
+    """
     from tagtune import tags as tg
     from tagtune.catalog import open_catalog
+    from tagtune.outputs import claim_output
+
+    claim_output(out, force=force, inputs=ws.inputs())
 
     expr = tg.subset_expr(subset, where)
     with open_catalog(ws.catalog_path, read_only=True) as con:

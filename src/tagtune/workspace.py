@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tagtune.atomic import write_text_atomic
 from tagtune.errors import WorkspaceError
+from tagtune.outputs import claim_output
 from tagtune.recipe import RECIPE_FILE, Recipe, load_recipe
 from tagtune.recipe_toml import render_recipe
 
@@ -46,6 +47,14 @@ class Workspace:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.root / p
 
+    def inputs(self) -> list[tuple[str, Path]]:
+        """The workspace's own records, which no output may replace (see `outputs`)."""
+        return [
+            ("the recipe", self.recipe_path),
+            ("the catalog", self.catalog_path),
+            ("the captions", self.captions_path),
+        ]
+
     def recipe(self) -> Recipe:
         """Load and validate this workspace's recipe."""
         return load_recipe(self.recipe_path)
@@ -66,14 +75,18 @@ def open_workspace(path: str | Path) -> Workspace:
 def init_workspace(
     path: str | Path, recipe: Recipe | None = None, force: bool = False
 ) -> Workspace:
-    """Create a workspace folder with a commented recipe whose defaults are the reference workflow."""
+    """Create a workspace folder with a commented recipe whose defaults are the reference workflow.
+
+    An existing recipe is replaced only with `force` (the output rule of `outputs.claim_output`).
+    """
     ws = Workspace(Path(path))
     if ws.root.exists() and not ws.root.is_dir():
         raise WorkspaceError("exists and is not a folder", file=ws.root)
-    if ws.recipe_path.exists() and not force:
+    if ws.recipe_path.is_file() and not force:
         raise WorkspaceError(
             f"{RECIPE_FILE} already exists", file=ws.root, hint="use --force to overwrite it"
         )
+    claim_output(ws.recipe_path, force=force)
     ws.root.mkdir(parents=True, exist_ok=True)
     for sub in (ws.cache_dir, ws.runs_dir, ws.out_dir):
         sub.mkdir(exist_ok=True)

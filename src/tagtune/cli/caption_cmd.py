@@ -29,6 +29,7 @@ def _print_show(info: dict[str, Any]) -> None:
 
 def _print_summary(s: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="captions", show_header=False)
     table.add_column("what")
@@ -51,9 +52,12 @@ def _print_summary(s: dict[str, Any]) -> None:
     if s["empty"]:
         table.add_row("empty captions", str(s["empty"]))
     if s["sidecars"]:
-        table.add_row("sidecars", str(s["sidecars"]))
+        where = f" in {s['sidecars_dir']}" if s["sidecars_dir"] else ""
+        table.add_row("sidecars", Text(f"{s['sidecars']}{where}"))
     if s["sidecars_removed"]:
         table.add_row("sidecars removed (excluded posts)", str(s["sidecars_removed"]))
+    if s["sidecars_kept"]:
+        table.add_row("sidecars of excluded posts kept (changed since)", str(s["sidecars_kept"]))
     table.add_row("written", f"{s['jsonl']} in {s['seconds']} s")
     console.print(table)
     if s["tokenizer"] != "clip-bpe":
@@ -69,6 +73,12 @@ def register(app: typer.Typer) -> None:
         sidecars: bool = typer.Option(
             False, "--sidecars", help="Also write NAME.txt beside each image (kohya convention)."
         ),
+        sidecars_dir: Path | None = typer.Option(
+            None, "--sidecars-dir", metavar="DIR", help="Write the NAME.txt sidecars into DIR."
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace sidecar files tagtune did not write (yours)."
+        ),
         show: int | None = typer.Option(
             None, "--show", metavar="ID", help="Only show this post's caption, group by group."
         ),
@@ -79,6 +89,7 @@ def register(app: typer.Typer) -> None:
         from tagtune.workspace import open_workspace
 
         w = open_workspace(ws)
+        side = {"sidecars": sidecars, "sidecars_dir": sidecars_dir, "overwrite": overwrite}
         if show is not None:
             info = show_caption(w, show)
             if as_json:
@@ -87,7 +98,7 @@ def register(app: typer.Typer) -> None:
                 _print_show(info)
             return
         if as_json:
-            print_json(build_captions(w, sidecars=sidecars).to_json())
+            print_json(build_captions(w, **side).to_json())
             return
         from rich.progress import Progress
 
@@ -97,5 +108,5 @@ def register(app: typer.Typer) -> None:
             def progress(step: str, done: int, total: int) -> None:
                 bar.update(task, description=step, completed=done, total=total)
 
-            summary = build_captions(w, sidecars=sidecars, progress=progress)
+            summary = build_captions(w, **side, progress=progress)
         _print_summary(summary.to_json())

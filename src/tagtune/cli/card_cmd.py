@@ -19,12 +19,13 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(
             None, "--out", help="Card file (default: WS/out/<model>.md)."
         ),
+        force: bool = typer.Option(False, "--force", help="Replace an existing card."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Write the model card (Markdown) from run.json, the catalog and the export's hashes."""
         from tagtune.card import write_card
 
-        path = write_card(ws, run=run, out=out)
+        path = write_card(ws, run=run, out=out, force=force)
         if as_json:
             print_json({"card": str(path)})
             return

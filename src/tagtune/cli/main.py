@@ -22,6 +22,7 @@ from tagtune.cli import (
 )
 from tagtune.cli.common import err_console
 from tagtune.errors import TagtuneError
+from tagtune.stale_temps import freed_total, reset_freed_total
 
 app = typer.Typer(
     name="tagtune",
@@ -64,6 +65,7 @@ def main() -> None:
     keep what they finished (prepare's encoded shard, for one) before they exit.
     """
     signal.signal(signal.SIGTERM, _terminate)
+    reset_freed_total()
     try:
         app()
     except TagtuneError as exc:
@@ -74,6 +76,15 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    finally:
+        _report_freed()
+
+
+def _report_freed() -> None:
+    """Say what the command's writers freed of what killed writes left (on stderr)."""
+    freed = freed_total()
+    if freed.files:
+        err_console.print(freed.message(), markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
         dtype: str | None = typer.Option(
             None, "--dtype", help="fp16, bf16 or fp32 (default: A's)."
         ),
+        force: bool = typer.Option(
+            False, "--force", help="Replace an existing output (never a parent)."
+        ),
         no_parent_hashes: bool = typer.Option(
             False, "--no-parent-hashes", help="Skip the parents' AutoV2 in the metadata (faster)."
         ),
@@ -72,6 +75,7 @@ def register(app: typer.Typer) -> None:
                 c=c,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 hash_parents=not no_parent_hashes,
+                force=force,
             )
         if as_json:
             print_json(

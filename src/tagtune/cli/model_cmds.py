@@ -77,7 +77,9 @@ def register(app: typer.Typer) -> None:
         tokenizers: Path | None = typer.Option(
             None, "--tokenizers", help="Folder with tokenizer/ and tokenizer_2/ (for single files)."
         ),
-        force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+        force: bool = typer.Option(
+            False, "--force", help="Replace an existing output (never SRC)."
+        ),
         title: str = typer.Option("", "--title", help="ModelSpec title (default: output name)."),
         author: str = typer.Option("", "--author", help="ModelSpec author."),
         license: str = typer.Option("", "--license", help="ModelSpec licence name."),
@@ -97,13 +99,16 @@ def register(app: typer.Typer) -> None:
     def bake_vae_cmd(
         ckpt: Path = typer.Argument(..., help="Single-file SDXL checkpoint."),
         vae: Path = typer.Argument(..., help="VAE: single file (LDM or diffusers keys) or folder."),
-        out: Path = typer.Argument(..., help="Output checkpoint (may be CKPT itself)."),
+        out: Path = typer.Argument(..., help="Output checkpoint (a new file; never CKPT itself)."),
+        force: bool = typer.Option(
+            False, "--force", help="Replace an existing output (never CKPT or VAE)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Replace every first_stage_model.* tensor of CKPT with the tensors of VAE."""
+        """Write CKPT with every first_stage_model.* tensor replaced by the tensors of VAE."""
         from tagtune.models.vae_bake import bake_vae
 
-        r = bake_vae(ckpt, vae, out)
+        r = bake_vae(ckpt, vae, out, force=force)
         if as_json:
             print_json(
                 {"path": str(r.path), "vae": r.vae, "replaced": r.replaced, "changed": r.changed}

@@ -89,6 +89,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(
             None, "--out", help="Chart file (PNG) for `chart`; default WS/out/buckets.png."
         ),
+        force: bool = typer.Option(False, "--force", help="`chart`: replace an existing chart."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Bucket every included image and encode it into the latent cache (resumable).
@@ -110,7 +111,10 @@ def register(app: typer.Typer) -> None:
             p = plan_workspace(w)
             data = p.to_json()
             if action == "chart":
-                data["chart"] = str(bucket_chart(p.bucket_counts, out or w.out_dir / "buckets.png"))
+                chart = out or w.out_dir / "buckets.png"
+                data["chart"] = str(
+                    bucket_chart(p.bucket_counts, chart, force=force, inputs=w.inputs())
+                )
             if json_out:
                 print_json(data)
                 return

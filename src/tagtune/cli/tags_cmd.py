@@ -138,14 +138,16 @@ def chart(
     subset: str = typer.Option("all", "--subset", help=SUBSET_HELP),
     where: str = typer.Option(None, "--where", help=WHERE_HELP),
     n: int = typer.Option(30, "-n", min=1, help="How many top tags."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing chart."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Bar chart of the top tags and of the quality/rating/period distribution (PNG)."""
     from tagtune.tags_chart import write_tags_chart
 
     ws = _workspace(ctx)
+    out = out or ws.out_dir / "tags.png"
     with _busy():
-        res = write_tags_chart(ws, out or ws.out_dir / "tags.png", subset=subset, where=where, n=n)
+        res = write_tags_chart(ws, out, subset=subset, where=where, n=n, force=force)
     if as_json:
         return print_json(res.to_dict())
     console.print(f"wrote {res.out} ({res.bytes:,} bytes): top {len(res.top)} tags of {res.subset}")

@@ -74,6 +74,9 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option(
             None, "--dtype", help="fp16, bf16 or fp32 (default: the recipe's)."
         ),
+        force: bool = typer.Option(
+            False, "--force", help="Replace an existing output (never the base model)."
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Write a single-file SDXL checkpoint from a run's last completed stage."""
@@ -85,7 +88,9 @@ def register(app: typer.Typer) -> None:
             raise InputError(
                 "not an allowed dtype", field="--dtype", value=dtype, allowed="fp16, bf16, fp32"
             )
-        result = export_model(open_workspace(workspace), run=run, stage=stage, out=out, dtype=dtype)
+        result = export_model(
+            open_workspace(workspace), run=run, stage=stage, out=out, dtype=dtype, force=force
+        )
         if json_out:
             print_json(result.to_json())
             return

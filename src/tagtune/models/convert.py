@@ -10,6 +10,7 @@ import torch
 
 from tagtune.errors import InputError
 from tagtune.models.modelspec import modelspec_metadata
+from tagtune.outputs import Inputs, check_output, claim_output
 
 Format = Literal["single-file", "diffusers"]
 FORMATS: tuple[str, ...] = ("single-file", "diffusers")
@@ -36,8 +37,8 @@ def _size_and_tensors(path: Path) -> tuple[int, int]:
     return size, tensors
 
 
-def _check_output(out: Path, overwrite: bool, fmt: str, dtype: str) -> None:
-    """Refuse bad options and an existing output before any slow work."""
+def _check_output(out: Path, overwrite: bool, fmt: str, dtype: str, inputs: Inputs = ()) -> None:
+    """Refuse bad options, an input as the output, and an existing output before slow work."""
     from tagtune.models.save import parse_dtype
 
     if fmt not in FORMATS:
@@ -47,8 +48,7 @@ def _check_output(out: Path, overwrite: bool, fmt: str, dtype: str) -> None:
         raise InputError(
             "a single-file checkpoint needs the .safetensors extension (UIs go by it)", file=out
         )
-    if out.exists() and not overwrite:
-        raise InputError("output exists", file=out, hint="use --force to replace it")
+    check_output(out, force=overwrite, inputs=inputs, folder=fmt == "diffusers")
 
 
 def write_model(
@@ -58,12 +58,18 @@ def write_model(
     dtype: str = "fp16",
     metadata: dict[str, str] | None = None,
     overwrite: bool = False,
+    inputs: Inputs = (),
 ) -> WriteResult:
-    """Write components as a single file or a diffusers folder (see `save.py`)."""
+    """Write components as a single file or a diffusers folder (see `save.py`).
+
+    The output rule of `outputs.claim_output` applies: an existing output is replaced only
+    with `overwrite`, an input (`inputs`) never.
+    """
     from tagtune.models.save import save_diffusers, save_single_file
 
     out = Path(out)
-    _check_output(out, overwrite, fmt, dtype)
+    _check_output(out, overwrite, fmt, dtype, inputs)
+    claim_output(out, force=overwrite, inputs=inputs, folder=fmt == "diffusers")
     if fmt == "single-file":
         save_single_file(components, out, dtype=dtype, metadata=metadata)
     else:
@@ -92,13 +98,14 @@ def convert_model(
 
     src, dst = Path(src), Path(dst)
     fmt = "single-file" if src.is_dir() else "diffusers"
-    _check_output(dst, overwrite, fmt, dtype)
+    inputs = [("the source model", src), ("the tokenizers folder", tokenizers)]
+    _check_output(dst, overwrite, fmt, dtype, inputs)
     components = load_model(src, tokenizers=tokenizers, dtype=torch.float32)
     meta = modelspec_metadata(
         title or dst.stem, author=author, license=license, description=description,
         extra={"tagtune.converted_from": src.name},
     )  # fmt: skip
-    return write_model(components, dst, fmt, dtype, meta, overwrite)
+    return write_model(components, dst, fmt, dtype, meta, overwrite, inputs)
 
 
 def write_tiny_model(

@@ -25,6 +25,7 @@ from tagtune.models.configs import (
 )
 from tagtune.models.modelspec import HASH_KEY, modelspec_metadata
 from tagtune.models.safetensors_io import write_safetensors
+from tagtune.outputs import check_output
 
 DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
@@ -124,11 +125,11 @@ def save_diffusers(
 ) -> Path:
     """Write a complete diffusers folder (weights, configs, tokenizers, scheduler) atomically.
 
-    An existing non-empty folder is refused unless `overwrite` (it is then replaced whole).
+    An existing non-empty folder is refused unless `overwrite`; it is then replaced whole,
+    and only when it is a diffusers model folder (`outputs.check_output`).
     """
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise InputError("output folder exists and is not empty", file=folder, hint="use --force")
+    check_output(folder, force=overwrite, folder=True)
     cast = parse_dtype(dtype)
     index = json.loads((sdxl_base_dir() / "model_index.json").read_text())
     with atomic_dir(folder, marker=FOLDER_MARKER) as tmp:

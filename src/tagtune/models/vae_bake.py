@@ -21,6 +21,7 @@ from tagtune.models.configs import METADATA_KEY, sdxl_base_configs
 from tagtune.models.load import read_checkpoint, read_folder_component
 from tagtune.models.modelspec import HASH_KEY
 from tagtune.models.safetensors_io import LazyTensor, lazy_tensors, write_safetensors
+from tagtune.outputs import claim_output
 
 DIFFUSERS_VAE_SIGNATURE = "encoder.down_blocks."
 LDM_VAE_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
@@ -87,13 +88,16 @@ def _fit(name: str, new: torch.Tensor, old: LazyTensor | torch.Tensor, vae: Path
     return new.to(old.dtype)
 
 
-def bake_vae(ckpt: str | Path, vae: str | Path, out: str | Path) -> BakeResult:
+def bake_vae(ckpt: str | Path, vae: str | Path, out: str | Path, force: bool = False) -> BakeResult:
     """Write `out`: checkpoint `ckpt` with every `first_stage_model.*` tensor taken from `vae`.
 
     Refuses a VAE that lacks a tensor, has an extra one, or differs in shape. Metadata is kept;
     `modelspec.hash_sha256` is recomputed when present, `tagtune.baked_vae` names the VAE.
+    An existing `out` is replaced only with `force`; `ckpt` and `vae` never are (the original
+    stays, so a wrong VAE can be baked again).
     """
     ckpt, vae, out = Path(ckpt), Path(vae), Path(out)
+    claim_output(out, force=force, inputs=[("the checkpoint", ckpt), ("the VAE", vae)])
     if ckpt.suffix.lower() == ".safetensors":
         tensors, meta = lazy_tensors(ckpt)
     else:

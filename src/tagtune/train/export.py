@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tagtune.errors import TrainingError
+from tagtune.outputs import claim_output
 from tagtune.recipe import Recipe
 from tagtune.train import records as rec
 from tagtune.workspace import Workspace
@@ -61,6 +62,19 @@ def training_summary(record: dict[str, Any]) -> dict[str, Any]:
     return {"stages": stages, **rec.totals(record)}
 
 
+def model_inputs(ws: Workspace, recipe: Recipe) -> list[tuple[str, Path | None]]:
+    """The recipe's model files (base, VAE, tokenizers): an export must never replace them."""
+    model = recipe.model
+    return [
+        (f"the {what} (model.{key})", ws.resolve(value) if value else None)
+        for key, what, value in (
+            ("base", "base model", model.base),
+            ("vae", "VAE", model.vae),
+            ("tokenizers", "tokenizers folder", model.tokenizers),
+        )
+    ]
+
+
 def export_components(
     components: Any,
     out: Path,
@@ -91,10 +105,16 @@ def export_model(
     out: Path | None = None,
     dtype: str | None = None,
     components: Any = None,
+    force: bool = False,
 ) -> ExportResult:
-    """Export the run's last completed stage (or `stage`) to `WS/out/<project.name>.safetensors`."""
+    """Export the run's last completed stage (or `stage`) to `WS/out/<project.name>.safetensors`.
+
+    Every stage up to it must still have its final state (a TrainingError names the stage and
+    the folder otherwise: never the base weights in their place). An existing output is
+    replaced only with `force`; the base model and the other inputs never are.
+    """
     from tagtune.hashes import file_hashes
-    from tagtune.train.stages import apply_stage_weights, load_base
+    from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
 
     recipe = ws.recipe()
     run_dir = ws.runs_dir / (run or recipe.train.run)
@@ -110,10 +130,18 @@ def export_model(
         raise TrainingError(
             "stage is not complete", field="stage", value=target, allowed=", ".join(names)
         )
-    components = components if components is not None else load_base(ws, recipe)
-    for s in done[: names.index(target) + 1]:
-        apply_stage_weights(components, ws.root / s["final_state"])
+    states = {s["name"]: final_state_path(ws, s) for s in done[: names.index(target) + 1]}
     out = Path(out) if out else ws.out_dir / f"{recipe.project.name}.safetensors"
+    inputs = [
+        *model_inputs(ws, recipe),
+        *((f"the final state of stage {name!r}", path) for name, path in states.items()),
+        ("the run record", run_dir / rec.RUN_FILE),
+        *ws.inputs(),
+    ]
+    claim_output(out, force=force, inputs=inputs)
+    components = components if components is not None else load_base(ws, recipe)
+    for path in states.values():
+        apply_stage_weights(components, path)
     extra = {
         "tagtune.training": json.dumps(training_summary(record)),
         "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),

@@ -21,7 +21,7 @@ from tagtune.subset_sql import stage_field
 from tagtune.train import records as rec
 from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.optim import TRAINABLE, warmup_steps
-from tagtune.train.state import latest_state, load_weights
+from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights
 from tagtune.workspace import Workspace
 
 
@@ -113,6 +113,30 @@ def open_latents(ws: Workspace, components: Any) -> Any:
     return open_latent_cache(ws.cache_dir, vae_fingerprint(components.vae))
 
 
+def final_state_path(ws: Workspace, entry: dict[str, Any]) -> Path:
+    """The final state folder of a completed stage (its run.json entry).
+
+    A completed stage whose final state is gone (or was never marked complete) is a
+    TrainingError naming the stage and the folder: the stages after it, and an export, start
+    from it, and the base weights in its place would silently lose its training.
+    """
+    rel = entry.get("final_state")
+    path = ws.root / rel if rel else None
+    if path is not None and (path / MARKER).is_file():
+        return path
+    if path is None:
+        why = "has no final state"
+    elif not path.exists():
+        why = "its final state is missing"
+    else:
+        why = f"its final state is incomplete (no {MARKER} marker)"
+    raise TrainingError(
+        f"stage {entry.get('name')!r} is complete but {why}",
+        file=path,
+        hint="put the state folder back, or train again under a new run name (train.run)",
+    )
+
+
 def apply_stage_weights(components: Any, final_state: str | Path) -> None:
     """Load a finished stage's trained modules into the components (the stage chain)."""
     for name in TRAINABLE:
@@ -149,6 +173,12 @@ def run_training(
 
     recipe = ws.recipe()
     cfg = recipe.train
+    wanted = plan_stages(recipe, stage)
+    known = rec.read_run(ws.runs_dir / cfg.run)
+    for st in cfg.stages[: wanted[-1] + 1]:  # before any slow work: a lost state is an error
+        entry = rec.find_stage(known, st.name) if known else None
+        if entry and entry["status"] == "complete":
+            final_state_path(ws, entry)
     runtime = make_runtime(cfg.mixed_precision)
     components = components if components is not None else load_base(ws, recipe)
     for module in components.modules().values():
@@ -160,14 +190,13 @@ def run_training(
         cfg.run, recipe, base_model_info(ws, recipe, components)
     )
     order = [s.name for s in cfg.stages]
-    wanted = plan_stages(recipe, stage)
     summary = TrainSummary(run_dir)
     for index, st in enumerate(cfg.stages):
         if index > wanted[-1]:
             break
         entry = rec.find_stage(record, st.name)
         if entry and entry["status"] == "complete":
-            apply_stage_weights(components, ws.root / entry["final_state"])
+            apply_stage_weights(components, final_state_path(ws, entry))
             summary.skipped.append(st.name)
             if index in wanted and stage is not None:
                 summary.notes.append(f"stage {st.name!r} is already complete")
@@ -178,6 +207,8 @@ def run_training(
                 hint=f"run `tagtune train {ws.root} --stage {st.name}` first",
             )
         stage_dir = run_dir / st.name
+        if runtime.is_main:  # what a killed save left (never a live writer's folder)
+            clean_state_temps(stage_dir / "states")
         resume_from, notes = latest_state(stage_dir / "states")
         summary.notes += notes
         if resume_from is not None and not resume:

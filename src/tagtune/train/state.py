@@ -25,9 +25,17 @@ from safetensors.torch import load_file, save_file
 
 from tagtune.atomic import atomic_dir
 from tagtune.errors import TrainingError
+from tagtune.stale_temps import (
+    UNKNOWN_OWNER_STALE_S,
+    Freed,
+    clean_stale_temps_in,
+    older_than,
+    remove_entry,
+)
 
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_SHARDS_DIR = re.compile(r"^\.step-(\d+)\.shards$")
 
 
 def _split_tensors(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -205,6 +213,22 @@ def latest_state(states_dir: Path) -> tuple[Path | None, list[str]]:
     complete, incomplete = list_states(states_dir)
     notes = [f"skipping incomplete state {p} (no {MARKER} marker)" for p in incomplete]
     return (complete[-1] if complete else None), notes
+
+
+def clean_state_temps(states_dir: Path) -> Freed:
+    """Remove what killed saves left under `states_dir`; returns what was freed.
+
+    The temporary `.step-<N>.*.tmp` folders of `atomic_dir` go when the process that wrote
+    them is gone (`stale_temps`); the ZeRO `.step-<N>.shards` folders name no owner and go
+    when nothing in them changed for `UNKNOWN_OWNER_STALE_S`. Complete states, and folders
+    without a marker that are not temporaries, are never touched here.
+    """
+    freed = clean_stale_temps_in(states_dir, lambda name: _STEP_DIR.match(name) is not None)
+    if Path(states_dir).is_dir():
+        for p in Path(states_dir).iterdir():
+            if _SHARDS_DIR.match(p.name) and older_than(p, UNKNOWN_OWNER_STALE_S):
+                freed = freed + remove_entry(p)
+    return freed
 
 
 def prune_states(states_dir: Path, keep_last: int, protect: Path | None = None) -> list[Path]:
