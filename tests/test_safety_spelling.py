@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tagtune.caption_build import build_captions, show_caption
-from tagtune.caption_sidecars import sidecar_path
 from tagtune.caption_fast import build_caption_arrays
+from tagtune.caption_sidecars import sidecar_path
 from tagtune.captions import build_caption
 from tagtune.catalog import open_catalog
 from tagtune.ingest import ingest
