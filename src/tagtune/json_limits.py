@@ -1,0 +1,83 @@
+"""JSON from files tagtune does not trust, parsed within limits.
+
+Python's json module recurses once per nesting level: a document nested 100,000 levels
+deep raises RecursionError (or, with a raised recursion limit, overflows the C stack). It
+also accepts what other JSON readers refuse: NaN and Infinity, and lone UTF-16 surrogates
+(`"\\ud800"`), which cannot be encoded as UTF-8 and make DuckDB reject the whole batch.
+
+`parse_json` measures the nesting depth first (without recursion), then parses, and turns
+every refusal into a `BadJSON` whose message says what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+MAX_DEPTH = 64
+"""Deepest nesting accepted by default; real posts, headers and configs nest 2 to 5 levels."""
+
+# a JSON string literal, escapes included (the unrolled form matches in linear time)
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class BadJSON(ValueError):
+    """JSON text that is refused; the message says why (with line and column where known)."""
+
+    def __init__(self, reason: str, lineno: int | None = None, colno: int | None = None):
+        self.reason, self.lineno, self.colno = reason, lineno, colno
+        where = f"line {lineno} column {colno}: " if lineno is not None else ""
+        super().__init__(where + reason)
+
+
+class TooDeep(BadJSON):
+    """JSON nested deeper than the limit (valid JSON otherwise, as far as is known)."""
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of arrays and objects in `text`, brackets inside strings ignored."""
+    if text.count("[") + text.count("{") <= 1:
+        return text.count("[") + text.count("{")
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    codes = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _refuse_constant(name: str) -> float:
+    raise BadJSON(f"{name} is not a JSON number")
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse JSON text, refusing (BadJSON) what is not plain, portable JSON.
+
+    Refused: invalid syntax, nesting deeper than `max_depth`, NaN/Infinity, lone UTF-16
+    surrogates, and bytes that are not UTF-8. Never raises RecursionError.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadJSON(f"not UTF-8 text (byte {exc.start})") from None
+    cheap = text.count("[") + text.count("{") <= max_depth
+    if not cheap and (depth := json_depth(text)) > max_depth:
+        raise TooDeep(f"nested {depth} levels deep (at most {max_depth} are read)")
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise BadJSON(exc.msg, exc.lineno, exc.colno) from None
+    except RecursionError:  # only if the depth scan was fooled; never let it escape
+        raise TooDeep(f"nested too deep (at most {max_depth} levels are read)") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadJSON(
+                "holds a lone UTF-16 surrogate (such as \\ud800): not valid Unicode"
+            ) from None
+    return obj
