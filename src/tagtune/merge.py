@@ -297,6 +297,10 @@ def merge_checkpoints(
     spec.validate(c is not None)
     paths = [Path(a), Path(b)] + ([Path(c)] if c is not None else [])
     out = Path(out)
+    if out.is_dir():
+        raise InputError(
+            "is a folder; the merge output is a .safetensors file", file=out, field="--out"
+        )
     if out.exists() and any(out.resolve() == p.resolve() for p in paths if p.exists()):
         raise InputError("the output would overwrite an input checkpoint", file=out)
     headers = [read_parent(p) for p in paths]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, print_json
 
@@ -95,6 +96,6 @@ def register(app: typer.Typer) -> None:
             seeds = [read_png_infotext(p).seed for p in paths]
             print_json({"images": [str(p) for p in paths], "seeds": seeds, "params": params})
             return
-        console.print(f"wrote {len(paths)} image(s) to [bold]{out}[/]")
+        console.print(Text.assemble(f"wrote {len(paths)} image(s) to ", (str(out), "bold")))
         for p in paths:
             console.print(f"  {p}")

@@ -8,17 +8,17 @@ and it both verifies and fully decodes. Each refusal is a short fixed reason wor
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import os
 import re
-import stat
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from tagtune.untrusted import NOT_REGULAR, NotRegularFile, read_regular
 
 VIDEO_EXTS = frozenset({"mp4", "webm", "zip", "swf", "mkv", "mov", "avi", "ugoira"})
 """Video and archive extensions (an ugoira arrives as zip or webm): never ingested."""
@@ -48,30 +48,6 @@ REASONS = (
 )
 """Every problem reason ingest records (short fixed words, counted in the summary).
 `bad-field` (a value kept as unknown) and `md5-differs` (file kept) do not skip anything."""
-
-NOT_REGULAR = "not a regular file (a FIFO, socket or device): never read"
-
-
-class NotRegularFile(OSError):
-    """A path that is a FIFO, socket or device: reading it could block forever."""
-
-
-def read_regular(path: str | Path, max_bytes: int | None = None) -> bytes:
-    """The bytes of a regular file, checked before reading: a FIFO named `x.png` must not
-    hang ingest. The file is opened without blocking and checked on the open descriptor,
-    so it cannot be swapped for a FIFO between the check and the read.
-
-    Raises NotRegularFile, or OSError (`errno.EFBIG`) when it is larger than `max_bytes`.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotRegularFile(NOT_REGULAR)
-        if max_bytes is not None and info.st_size > max_bytes:
-            raise OSError(errno.EFBIG, f"{info.st_size} bytes, over the {max_bytes} byte limit")
-        return fh.read()
-
 
 _GALLERY_DL = re.compile(r"^danbooru_(\d+)_([0-9a-fA-F]{32})$")
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")

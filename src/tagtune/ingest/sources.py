@@ -25,8 +25,15 @@ from pathlib import Path
 import duckdb
 
 from tagtune.errors import InputError
-from tagtune.ingest.images import MEDIA_EXTS, NOT_REGULAR, NotRegularFile, read_regular
-from tagtune.json_limits import BadJSON, TooDeep, parse_json
+from tagtune.ingest.images import MEDIA_EXTS
+from tagtune.untrusted import (
+    NOT_REGULAR,
+    BadJSON,
+    NotRegularFile,
+    TooDeep,
+    parse_json,
+    read_regular,
+)
 
 KINDS = ("folder", "api-json", "jsonl", "parquet")
 MAX_SIDECAR_BYTES = 16 * 1024 * 1024

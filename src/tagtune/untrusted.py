@@ -1,4 +1,7 @@
-"""JSON from files tagtune does not trust, parsed within limits.
+"""Files and JSON tagtune does not trust, read within limits.
+
+Only regular files are read (`read_regular`): a FIFO named `x.png` or `config.json` would
+block a reader forever. Their size can be capped before anything is read.
 
 Python's json module recurses once per nesting level: a document nested 100,000 levels
 deep raises RecursionError (or, with a raised recursion limit, overflows the C stack). It
@@ -11,11 +14,13 @@ every refusal into a `BadJSON` whose message says what is wrong and where.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
+from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 MAX_DEPTH = 64
 """Deepest nesting accepted by default; real posts, headers and configs nest 2 to 5 levels."""
@@ -43,6 +48,8 @@ def json_depth(text: str) -> int:
     """Deepest nesting of arrays and objects in `text`, brackets inside strings ignored."""
     if text.count("[") + text.count("{") <= 1:
         return text.count("[") + text.count("{")
+    import numpy as np
+
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
     codes = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
     steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
@@ -81,3 +88,27 @@ def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
                 "holds a lone UTF-16 surrogate (such as \\ud800): not valid Unicode"
             ) from None
     return obj
+
+
+NOT_REGULAR = "not a regular file (a FIFO, socket or device): never read"
+
+
+class NotRegularFile(OSError):
+    """A path that is a FIFO, socket or device: reading it could block forever."""
+
+
+def read_regular(path: str | Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file, checked before reading: a FIFO named `x.png` must not
+    hang ingest. The file is opened without blocking and checked on the open descriptor,
+    so it cannot be swapped for a FIFO between the check and the read.
+
+    Raises NotRegularFile, or OSError (`errno.EFBIG`) when it is larger than `max_bytes`.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(NOT_REGULAR)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes, over the {max_bytes} byte limit")
+        return fh.read()
