@@ -20,7 +20,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_DEPTH = 64
 """Deepest nesting accepted by default; real posts, headers and configs nest 2 to 5 levels."""
@@ -97,18 +97,26 @@ class NotRegularFile(OSError):
     """A path that is a FIFO, socket or device: reading it could block forever."""
 
 
-def read_regular(path: str | Path, max_bytes: int | None = None) -> bytes:
-    """The bytes of a regular file, checked before reading: a FIFO named `x.png` must not
-    hang ingest. The file is opened without blocking and checked on the open descriptor,
-    so it cannot be swapped for a FIFO between the check and the read.
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a regular file for reading, checked before anything is read: a FIFO named
+    `x.png` must not hang a reader. The file is opened without blocking and checked on the
+    open descriptor, so it cannot be swapped for a FIFO between the check and the read.
 
-    Raises NotRegularFile, or OSError (`errno.EFBIG`) when it is larger than `max_bytes`.
+    Raises NotRegularFile (an OSError) for a FIFO, socket or device.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotRegularFile(NOT_REGULAR)
-        if max_bytes is not None and info.st_size > max_bytes:
-            raise OSError(errno.EFBIG, f"{info.st_size} bytes, over the {max_bytes} byte limit")
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise NotRegularFile(NOT_REGULAR)
+    return fh
+
+
+def read_regular(path: str | Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file (see `open_regular`); OSError (`errno.EFBIG`) when it
+    is larger than `max_bytes`, checked before reading."""
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise OSError(errno.EFBIG, f"{size} bytes, over the {max_bytes} byte limit")
         return fh.read()

@@ -36,7 +36,7 @@ def _progress(enabled: bool):
         MofNCompleteColumn(),
         console=err_console,
         transient=True,
-        disable=not enabled,
+        disable=not enabled or not err_console.is_terminal,  # no stray blank line in logs
     )
 
 

@@ -56,6 +56,7 @@ def _hash_all(files: list[Path]) -> dict[str, dict]:
         TransferSpeedColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,  # no stray blank line before an error
     ) as bar:
         for f in files:
             size = f.stat().st_size if f.is_file() else 0

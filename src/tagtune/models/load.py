@@ -135,11 +135,16 @@ def _fit_text_keys(module, state: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 def checked_empty_module(name: str, config: Mapping[str, Any], source: str):
     """empty_module, with a config diffusers or transformers cannot build (an unknown block
-    type, a width that does not divide into heads) as a ModelFileError naming the file."""
+    type, a width that does not divide into heads) as a ModelFileError naming the file.
+
+    Their constructors raise many types for a bad config (ValueError, TypeError, KeyError,
+    IndexError, huggingface_hub's StrictDataclassError, ...); sizes were bounded before
+    (`check_config`), so any failure here is the file's config, reported as such.
+    """
     try:
         return empty_module(name, config)
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, ZeroDivisionError) as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:240] or type(exc).__name__
         raise ModelFileError(
             f"the {name} config does not build a model ({reason})", file=source
         ) from None

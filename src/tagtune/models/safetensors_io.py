@@ -112,7 +112,7 @@ def short_repr(value: object, limit: int = 60) -> str:
 
 def _fail(path: Path, reason: str, tensor: str | None = None) -> ModelFileError:
     return ModelFileError(
-        reason, file=path, field=f"tensor {short_repr(tensor)}" if tensor else None
+        reason, file=path, field=f"tensor {short_repr(tensor, 200)}" if tensor else None
     )
 
 
@@ -137,7 +137,7 @@ def _check_entry(path: Path, name: str, entry: object, data_size: int) -> Tensor
         raise ModelFileError(
             f"unknown dtype {short_repr(dtype)}",
             file=path,
-            field=f"tensor {short_repr(name)}",
+            field=f"tensor {short_repr(name, 200)}",
             allowed=", ".join(DTYPES),
         )
     if not isinstance(shape, list) or not all(
