@@ -27,12 +27,7 @@ from tagtune.ingest.normalize import (
     posts_select_sql,
     rating_sql,
 )
-from tagtune.ingest.record_checks import (
-    bad_records,
-    duplicate_ids,
-    keep_first_ids,
-    odd_fields,
-)
+from tagtune.ingest.record_checks import bad_records, duplicate_ids, keep_first_ids, odd_fields
 from tagtune.ingest.report import catalog_summary
 from tagtune.ingest.sources import (
     Problem,

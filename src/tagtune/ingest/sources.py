@@ -180,7 +180,7 @@ def read_folder(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Problem]:
             problems.append(
                 Problem(
                     str(side),
-                    pid if isinstance(pid, int) else None,
+                    pid if type(pid) is int and 0 < pid < 2**63 else None,
                     "no-image",
                     "sidecar without an image beside it",
                 )
