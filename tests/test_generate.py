@@ -107,18 +107,20 @@ def test_every_sampler_has_a_scheduler_and_a_label():
     assert make_scheduler("dpmpp_2m_karras", SCHEDULER_CONFIG).config.use_karras_sigmas
 
 
+SIZE_RULE = "width and height must be multiples of 8 from 8 to 4096"
+
+
 @pytest.mark.parametrize(
     ("size", "message"),
     [
-        (
-            "64x60",
-            "--size = '64x60': width and height must be positive multiples of 8 (allowed: e.g. 832x1216, 1024x1024)",
-        ),
+        ("64x60", f"--size = '64x60': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)"),
         ("big", "--size = 'big': size must be WIDTHxHEIGHT (allowed: e.g. 832x1216)"),
+        ("0x64", f"--size = '0x64': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)"),
         (
-            "0x64",
-            "--size = '0x64': width and height must be positive multiples of 8 (allowed: e.g. 832x1216, 1024x1024)",
+            "100000x100000",  # used to grow until the kernel killed it
+            f"--size = '100000x100000': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)",
         ),
+        ("4104x8", f"--size = '4104x8': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)"),
     ],
 )
 def test_bad_sizes(size, message):

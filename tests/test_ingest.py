@@ -195,7 +195,7 @@ def test_jsonl_metadata_only_with_bad_lines_named(ws, tmp_path):
     assert s["posts"] == 3 and s["images"] == 0
     assert rows(ws, "SELECT reason, detail FROM problems ORDER BY detail") == [
         ("bad-metadata", "line 2: Expecting property name enclosed in double quotes"),
-        ("bad-metadata", "record 3: missing or invalid id"),
+        ("bad-metadata", "record 3: no id; dropped"),
     ]
 
 
@@ -397,8 +397,11 @@ def test_favorites_by_id_and_md5_and_remark_without_reingest(ws, tmp_path):
 def test_same_post_twice_in_one_source_first_wins(ws, tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", [post(1, score=1), post(2), post(1, score=2)])
     s = ingest(ws, [src])
-    assert s["posts"] == 2 and s["problems"] == {}
+    assert s["posts"] == 2 and s["problems"] == {"duplicate-id": 1}
     assert rows(ws, "SELECT score FROM posts WHERE id = 1") == [(1,)]
+    assert rows(ws, "SELECT post_id, detail FROM problems") == [
+        (1, "record 3: post 1 again (first in record 1, kept); dropped")
+    ]
 
 
 def test_sidecar_without_image_keeps_the_post_and_records_no_image(ws, tmp_path):

@@ -128,6 +128,17 @@ def test_init_writes_a_loadable_recipe_and_refuses_to_overwrite(tmp_path):
         ('[buckets]\nflip = "yes"\n', "buckets.flip = 'yes': input should be a valid boolean"),
         ('[train]\nseed = "26"\n', "train.seed = '26': input should be a valid integer"),
         ("[train]\nseed = 2.5\n", "train.seed = 2.5: input should be a valid integer"),
+        (
+            '[[train.stages]]\nname = "a"\nlr_unet = inf\n',
+            "train.stages[0].lr_unet = inf: input should be a finite number",
+        ),
+        (
+            '[[caption.quality_bands]]\nmin = nan\ntag = "a"\n',
+            "caption.quality_bands[0].min = nan: input should be a finite number",
+        ),
+        ("[train]\nsample_size = [100000, 16]\n", "train.sample_size: 100000x16 is not two"),
+        ("[train]\nsample_size = [1024, 1020]\n", "multiples of 8 from 8 to 4096"),
+        ("[buckets]\nmax_side = 8192\n", "buckets.max_side = 8192: input should be less than"),
     ],
 )
 def test_recipe_errors_name_key_value_and_allowed(tmp_path, toml, expected):
@@ -172,3 +183,11 @@ def test_integers_for_floats_lists_for_pairs_and_quoted_dates_are_fine(tmp_path)
     assert recipe.train.stages[0].lr_unet == 1.0
     assert recipe.train.sample_size == (512, 768)
     assert recipe.caption.periods[0].start == dt.date(2020, 1, 1)
+
+
+def test_a_recipe_that_is_not_utf8_names_the_byte_and_line(tmp_path):
+    path = tmp_path / "tagtune.toml"
+    path.write_bytes(b'[project]\nname = "caf\xe9"\n')
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    assert str(exc.value) == f"{path}: not UTF-8 text (byte 0xe9 on line 2)"

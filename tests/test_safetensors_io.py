@@ -130,6 +130,31 @@ HOSTILE = [
         None,
         "tensor 'w': entry must have exactly dtype, shape and data_offsets",
     ),
+    ("dtype-list", {"w": entry(dtype=["F32"])}, b"\0" * 8, None, "unknown dtype ['F32']"),
+    ("dtype-object", {"w": entry(dtype={"F32": 4})}, b"\0" * 8, None, "unknown dtype {'F32': 4}"),
+    (
+        "deep",
+        b'{"w": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        b"",
+        None,
+        "header is not valid JSON (nested 200001 levels deep (at most 8 are read))",
+    ),
+    (
+        "lone-surrogate",
+        {"__metadata__": {"a": "\ud800"}},
+        b"",
+        None,
+        "header is not valid JSON (holds a lone UTF-16 surrogate",
+    ),
+    ("nan", b'{"__metadata__": {"a": NaN}}', b"", None, "NaN is not a JSON number"),
+    ("many-dims", {"w": entry(shape=(1,) * 17, end=4)}, b"\0" * 4, None, "17 dimensions"),
+    (
+        "long-name",
+        {"x" * 5000: entry(dtype=0)},
+        b"\0" * 8,
+        None,
+        "tensor '" + "x" * 196 + "...: unknown dtype 0",  # a name cut to 200 characters
+    ),
 ]
 
 
@@ -241,3 +266,20 @@ def test_written_files_get_the_mode_of_a_plain_open(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_brackets_inside_names_and_metadata_do_not_count_as_nesting(tmp_path):
+    name = "w[[[[[[[[[[{{{{{{{{{{"
+    header = {"__metadata__": {"tagtune.x": "[" * 500 + "]" * 500}, name: entry()}
+    path = raw(tmp_path / "ok.safetensors", header, b"\0" * 8)
+    got = read_header(path)
+    assert list(got.tensors) == [name] and got.metadata["tagtune.x"].startswith("[[[")
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    path = tmp_path / "pipe.safetensors"
+    os.mkfifo(path)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        read_header(path)

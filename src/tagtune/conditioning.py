@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tagtune.errors import InputError
+
 CHUNK = 75
 Segments = list[tuple[str, float]]
 Prompt = str | Segments
@@ -118,12 +120,24 @@ def _apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return hidden * (original_mean / new_mean)
 
 
+def check_clip_skip(text_encoder, text_encoder_2, clip_skip: int) -> None:
+    """Clip skip counts encoder layers back from the last (A1111 numbering, 1 = SDXL's
+    default): from 1 to the layer count of the shallower encoder (12 for SDXL), else an
+    InputError naming the limit."""
+    layers = min(text_encoder.config.num_hidden_layers, text_encoder_2.config.num_hidden_layers)
+    if type(clip_skip) is not int or not 1 <= clip_skip <= layers:
+        raise InputError(
+            f"must be an integer from 1 to {layers} (the text encoders have {layers} layers)",
+            field="--clip-skip",
+            value=clip_skip,
+        )
+
+
 def encode_tokens(
     text_encoder, text_encoder_2, tokens: TokenizedPrompts, clip_skip: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode tokenized prompts: ([B, 77*chunks, w1+w2] hidden states, [B, projection] pooled)."""
-    if clip_skip < 1:
-        raise ValueError(f"clip_skip counts from 1 (A1111 numbering), got {clip_skip}")
+    check_clip_skip(text_encoder, text_encoder_2, clip_skip)
     layer = -(clip_skip + 1)
     device_1 = next(text_encoder.parameters()).device
     device_2 = next(text_encoder_2.parameters()).device

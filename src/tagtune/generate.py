@@ -19,6 +19,7 @@ from typing import Any
 from tagtune.errors import DependencyError, InputError
 from tagtune.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
 from tagtune.outputs import claim_output
+from tagtune.recipe import MAX_SIDE
 
 # our sampler name -> (diffusers scheduler class, config overrides)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -69,9 +70,9 @@ def parse_size(text: str | tuple[int, int]) -> tuple[int, int]:
                 "size must be WIDTHxHEIGHT", field="--size", value=text, allowed="e.g. 832x1216"
             )
         w, h = int(m.group(1)), int(m.group(2))
-    if w <= 0 or h <= 0 or w % 8 or h % 8:
+    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or w % 8 or h % 8:
         raise InputError(
-            "width and height must be positive multiples of 8",
+            f"width and height must be multiples of 8 from 8 to {MAX_SIDE}",
             field="--size",
             value=f"{w}x{h}",
             allowed="e.g. 832x1216, 1024x1024",
@@ -240,7 +241,10 @@ def generate(
         if not (math.isfinite(value) and value >= low):
             raise InputError(f"must be at least {low}", field=field, value=value)
     seed = secrets.randbelow(MAX_SEED) if seed is None or seed < 0 else seed
+    from tagtune.conditioning import check_clip_skip
+
     loaded = load_for_generation(model, tokenizers, device)
+    check_clip_skip(loaded.components.text_encoder, loaded.components.text_encoder_2, clip_skip)
     pipe = build_pipeline(loaded.components, sampler, device)
     embeddings = prompt_embeddings(loaded.components, prompt, negative, clip_skip)
     out_dir = Path(out_dir)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tagtune.errors import InputError
+from tagtune.untrusted import open_regular
 from tagtune.workers import Background
 
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -157,7 +158,7 @@ def file_hashes(
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:  # a FIFO would block the hash forever
             size = os.fstat(fh.fileno()).st_size
             data_offset = safetensors_data_offset(fh.read(16), size)
             fh.seek(0)

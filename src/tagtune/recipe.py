@@ -18,9 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tagtune.errors import RecipeError
 from tagtune.recipe_errors import recipe_error
+from tagtune.untrusted import read_regular
 
 SCHEMA_VERSION = 1
 RECIPE_FILE = "tagtune.toml"
+MAX_SIDE = 4096
+"""Longest image side anything is made at (buckets, samples, `generate`): 16 megapixels."""
+MAX_RECIPE_BYTES = 4 * 1024 * 1024
 
 TagGroup = Literal[
     "artist", "copyright", "character", "general", "meta", "quality", "rating", "period"
@@ -36,11 +40,15 @@ class Strict(BaseModel):
 
     Types are strict: `"yes"` is not a bool and `"26"` not an int (a quoted value is a
     mistake worth an error); integers are accepted for floats, lists for pairs and quoted
-    dates for dates.
+    dates for dates. Every float must be finite: TOML's `inf` and `nan` are refused.
     """
 
     model_config = ConfigDict(
-        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, strict=True
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_assignment=True,
+        strict=True,
+        allow_inf_nan=False,
     )
 
 
@@ -189,11 +197,11 @@ class CaptionConfig(Strict):
 
 
 class BucketConfig(Strict):
-    resolution: int = Field(default=1024, ge=64)
+    resolution: int = Field(default=1024, ge=64, le=MAX_SIDE)
     """Buckets hold about resolution x resolution pixels."""
-    min_side: int = Field(default=512, ge=64)
+    min_side: int = Field(default=512, ge=64, le=MAX_SIDE)
     """Shortest bucket side in pixels."""
-    max_side: int = Field(default=2048, ge=64)
+    max_side: int = Field(default=2048, ge=64, le=MAX_SIDE)
     """Longest bucket side in pixels."""
     step: int = Field(default=64, ge=8)
     """Bucket sides are multiples of this."""
@@ -370,6 +378,11 @@ class TrainConfig(Strict):
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"train.stages: stage names must be unique, got {names}")
+        w, h = self.sample_size
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or w % 8 or h % 8:
+            raise ValueError(
+                f"train.sample_size: {w}x{h} is not two multiples of 8 from 8 to {MAX_SIDE}"
+            )
         return self
 
 
@@ -456,11 +469,20 @@ def load_recipe(path: str | Path) -> Recipe:
     if path.is_dir():
         path = path / RECIPE_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, MAX_RECIPE_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise RecipeError(
             "recipe not found", file=path, hint="run `tagtune init WS` first"
         ) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line})",
+            file=path,
+            hint="save the recipe as UTF-8",
+        ) from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read: {exc.strerror or exc}", file=path) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

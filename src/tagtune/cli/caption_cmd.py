@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, print_json
 
@@ -23,7 +24,9 @@ def _print_show(info: dict[str, Any]) -> None:
         table.add_row(row["group"], ", ".join(row["tags"]) or "-", row["why"])
     console.print(table)
     if info["caption"] is not None:
-        console.print(f"[bold]caption[/] ({info['tokens']} tokens, {info['tokenizer']}):")
+        console.print(
+            Text.assemble(("caption", "bold"), f" ({info['tokens']} tokens, {info['tokenizer']}):")
+        )
         console.print(info["caption"], markup=False, soft_wrap=True)
 
 
@@ -61,7 +64,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     table.add_row("written", f"{s['jsonl']} in {s['seconds']} s")
     console.print(table)
     if s["tokenizer"] != "clip-bpe":
-        console.print("[yellow]token counts are approximate: the CLIP vocabulary is missing[/]")
+        console.print(
+            Text("token counts are approximate: the CLIP vocabulary is missing", style="yellow")
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, print_json
 
@@ -29,4 +30,4 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json({"card": str(path)})
             return
-        console.print(f"wrote [bold]{path}[/]")
+        console.print(Text.assemble("wrote ", (str(path), "bold")))

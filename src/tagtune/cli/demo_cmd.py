@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, print_json
 
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
         def step(name: str) -> None:
             if not as_json:
-                console.print(f"[bold cyan]==>[/] {name}")
+                console.print(Text.assemble(("==>", "bold cyan"), f" {name}"))
 
         result = run_demo(
             folder, REDUCED if quick else FULL, seed=seed, step=step, show_progress=not as_json
@@ -51,7 +52,11 @@ def register(app: typer.Typer) -> None:
             table.add_row(name, str(path))
         console.print(table)
         hashes = result.facts["hashes"]
-        console.print(f"model AutoV2 [bold]{hashes['autov2']}[/]  SHA-256 {hashes['sha256']}")
+        console.print(
+            Text.assemble(
+                "model AutoV2 ", (hashes["autov2"], "bold"), f"  SHA-256 {hashes['sha256']}"
+            )
+        )
         console.print(f"recommended prompt: {result.facts['recommended']}")
         total = sum(result.timings.values())
         console.print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, print_json
 
@@ -38,13 +39,13 @@ def register(app: typer.Typer) -> None:
             None, "--seed", help="Seed of the first image (random if unset)."
         ),
         size: str | None = typer.Option(
-            None, "--size", help="WIDTHxHEIGHT, multiples of 8 (default 832x1216)."
+            None, "--size", help="WIDTHxHEIGHT, multiples of 8 up to 4096 (default 832x1216)."
         ),
         n: int | None = typer.Option(
             None, "-n", help="Images, seeds seed, seed+1, ... (default 4; 1 with --from-png)."
         ),
         clip_skip: int | None = typer.Option(
-            None, "--clip-skip", help="A1111 numbering; 1 = SDXL default."
+            None, "--clip-skip", help="A1111 numbering; 1 = SDXL default, at most 12."
         ),
         out: Path = typer.Option(Path("outputs"), "--out", help="Folder for the PNGs."),
         from_png: Path | None = typer.Option(
@@ -95,6 +96,6 @@ def register(app: typer.Typer) -> None:
             seeds = [read_png_infotext(p).seed for p in paths]
             print_json({"images": [str(p) for p in paths], "seeds": seeds, "params": params})
             return
-        console.print(f"wrote {len(paths)} image(s) to [bold]{out}[/]")
+        console.print(Text.assemble(f"wrote {len(paths)} image(s) to ", (str(out), "bold")))
         for p in paths:
             console.print(f"  {p}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, err_console, print_json
 
@@ -30,12 +31,12 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         console=err_console,
         transient=True,
-        disable=not enabled,
+        disable=not enabled or not err_console.is_terminal,  # no stray blank line in logs
     )
 
 
@@ -112,11 +113,13 @@ def register(app: typer.Typer) -> None:
         if result.unknown:
             shown = ", ".join(e.text for e in result.unknown[:10])
             more = f" (+{len(result.unknown) - 10} more)" if len(result.unknown) > 10 else ""
-            console.print(f"[yellow]{len(result.unknown)} unknown:[/] {shown}{more}")
-        if result.invalid:
             console.print(
-                f"[yellow]{len(result.invalid)} invalid lines:[/] "
-                + ", ".join(str(e.line) for e in result.invalid[:10])
+                Text.assemble((f"{len(result.unknown)} unknown:", "yellow"), f" {shown}{more}")
+            )
+        if result.invalid:
+            lines = ", ".join(str(e.line) for e in result.invalid[:10])
+            console.print(
+                Text.assemble((f"{len(result.invalid)} invalid lines:", "yellow"), f" {lines}")
             )
 
     @app.command()

@@ -20,7 +20,7 @@ from tagtune.cli import (
     train_cmd,
     workspace_cmds,
 )
-from tagtune.cli.common import err_console
+from tagtune.cli.common import err_console, error_line
 from tagtune.errors import TagtuneError
 from tagtune.stale_temps import freed_total, reset_freed_total
 
@@ -69,9 +69,8 @@ def main() -> None:
     try:
         app()
     except TagtuneError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message()}", soft_wrap=True)
-        if exc.hint:
-            err_console.print(f"[dim]hint:[/] {exc.hint}", soft_wrap=True)
+        for line in error_line(exc.message(), exc.hint):
+            err_console.print(line, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

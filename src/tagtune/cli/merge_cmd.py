@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, print_json
 
@@ -92,7 +93,11 @@ def register(app: typer.Typer) -> None:
             )
             return
         console.print(
-            f"wrote [bold]{result.path}[/] ({result.bytes / 1e9:.2f} GB, {result.seconds:.1f} s)"
+            Text.assemble(
+                "wrote ",
+                (str(result.path), "bold"),
+                f" ({result.bytes / 1e9:.2f} GB, {result.seconds:.1f} s)",
+            )
         )
         console.print(
             f"{result.tensors} tensors: {result.merged} merged, {result.copied} copied from a parent"

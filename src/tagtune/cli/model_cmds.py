@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
-from tagtune.cli.common import console, err_console, print_json
+from tagtune.cli.common import console, err_console, one_line, print_json
 
 DTYPE_HELP = "Tensor precision of the output: fp16, bf16 or fp32."
 
@@ -32,26 +33,30 @@ def _written(result, as_json: bool, title: str) -> None:
         print_json(data)
         return
     console.print(
-        f"{title} [bold]{result.path}[/] ({result.format}, {result.dtype}, "
-        f"{result.tensors} tensors, {_human(result.bytes)})",
+        Text.assemble(
+            f"{title} ",
+            (str(result.path), "bold"),
+            f" ({result.format}, {result.dtype}, {result.tensors} tensors, {_human(result.bytes)})",
+        ),
         soft_wrap=True,
     )
 
 
 def _hash_all(files: list[Path]) -> dict[str, dict]:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from tagtune.errors import TagtuneError
     from tagtune.hashes import file_hashes
 
     results: dict[str, dict] = {}
     with Progress(
-        "[progress.description]{task.description}",
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,  # no stray blank line before an error
     ) as bar:
         for f in files:
             size = f.stat().st_size if f.is_file() else 0
@@ -115,8 +120,11 @@ def register(app: typer.Typer) -> None:
             )
             return
         console.print(
-            f"wrote [bold]{r.path}[/]: {r.replaced} VAE tensors replaced from {r.vae} "
-            f"({r.changed} changed value)",
+            Text.assemble(
+                "wrote ",
+                (str(r.path), "bold"),
+                f": {r.replaced} VAE tensors replaced from {r.vae} ({r.changed} changed value)",
+            ),
             soft_wrap=True,
         )
 
@@ -131,9 +139,12 @@ def register(app: typer.Typer) -> None:
             print_json(results)
         else:
             for name, h in results.items():
-                console.print(f"[bold]{name}[/]", soft_wrap=True)
+                console.print(Text(name, style="bold"), soft_wrap=True)
                 if "error" in h:
-                    err_console.print(f"  [red]error:[/] {h['error']}", soft_wrap=True)
+                    err_console.print(
+                        Text.assemble("  ", ("error:", "red"), " ", one_line(h["error"])),
+                        soft_wrap=True,
+                    )
                     continue
                 for key, value in h.items():
                     console.print(f"  {key:<7} {value if value is not None else '-'}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, print_json
 
@@ -63,7 +64,7 @@ def _result_table(result: Any) -> None:
         t.add_row(label, str(value))
     console.print(t)
     for p in result.problems[:10]:
-        console.print(f"[yellow]skipped[/] {p.path}: {p.reason}: {p.detail}")
+        console.print(Text.assemble(("skipped", "yellow"), f" {p.path}: {p.reason}: {p.detail}"))
     if len(result.problems) > 10:
         console.print(f"... and {len(result.problems) - 10} more (see `tagtune status`)")
 
@@ -120,7 +121,7 @@ def register(app: typer.Typer) -> None:
                 return
             _plan_tables(p)
             if action == "chart":
-                console.print(f"chart written to [bold]{data['chart']}[/]")
+                console.print(Text.assemble("chart written to ", (str(data["chart"]), "bold")))
             return
         from tagtune.prepare import prepare_workspace
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, err_console, print_json
 
@@ -124,7 +125,7 @@ def suggest(
         f"against {res.against} ({res.posts:,} posts), min count {res.min_count}"
     )
     console.print(_table(title, res.tags, True, res.posts))
-    console.print("[bold]prompt:[/]")
+    console.print(Text("prompt:", style="bold"))
     console.print(res.prompt or "(no tag passes the filters)", markup=False, soft_wrap=True)
     console.print(f"stored in recommended_tags (subset {res.subset!r})", markup=False)
     if res.note:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, print_json
 
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
             print_json(summary.to_json())
             return
         for note in summary.notes:
-            console.print(f"[dim]{note}[/]")
+            console.print(Text(note, style="dim"))
         _print_summary(summary)
 
     @app.command("export")
@@ -94,7 +95,9 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(result.to_json())
             return
-        console.print(f"exported stage [bold]{result.stage}[/] to {result.path}")
+        console.print(
+            Text.assemble("exported stage ", (result.stage, "bold"), f" to {result.path}")
+        )
         for name, value in result.hashes.items():
             console.print(f"  {name}: {value}")
 
@@ -124,9 +127,8 @@ def _print_plan(result: dict) -> None:
         )  # fmt: skip
     console.print(table)
     console.print(f"total steps: {result['total_steps']}")
-    console.print(
-        f"[dim]{result['note']}; steps from {result['stages'][0]['steps_from'] if result['stages'] else '-'}[/]"
-    )
+    steps_from = result["stages"][0]["steps_from"] if result["stages"] else "-"
+    console.print(Text(f"{result['note']}; steps from {steps_from}", style="dim"))
 
 
 def _print_summary(summary) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console
 
@@ -21,5 +22,11 @@ def register(app: typer.Typer) -> None:
         from tagtune.workspace import init_workspace
 
         w = init_workspace(ws, force=force)
-        console.print(f"created [bold]{w.recipe_path}[/] (stages: main, favorites)")
-        console.print("next: set [bold]model.base[/] in the recipe, then `tagtune ingest`")
+        console.print(
+            Text.assemble("created ", (str(w.recipe_path), "bold"), " (stages: main, favorites)")
+        )
+        console.print(
+            Text.assemble(
+                "next: set ", ("model.base", "bold"), " in the recipe, then `tagtune ingest`"
+            )
+        )

@@ -28,14 +28,22 @@ from tagtune.ingest.normalize import (
     rating_sql,
     renormalize_sql,
 )
-from tagtune.ingest.record_checks import bad_records, hidden_characters, odd_fields
+from tagtune.ingest.record_checks import (
+    bad_records,
+    duplicate_ids,
+    hidden_characters,
+    keep_first_ids,
+    odd_fields,
+)
 from tagtune.ingest.report import catalog_summary
 from tagtune.ingest.sources import (
     Problem,
     detect_kind,
     open_jsonl_strict,
+    post_id_sql,
     read_dump,
     read_folder,
+    read_parquet_groups,
 )
 from tagtune.recipe import Recipe
 from tagtune.safety import CAPTION_VERDICT, blocked_hits_sql, blocked_lists, blocked_sql
@@ -74,6 +82,8 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 def _drop_raw(con: duckdb.DuckDBPyConnection) -> None:
     for stmt in (
         "DROP VIEW IF EXISTS _norm",
+        "DROP VIEW IF EXISTS _raw_first",
+        "DROP TABLE IF EXISTS _raw_ids",
         "DROP VIEW IF EXISTS _raw",
         "DROP TABLE IF EXISTS _raw",
         "DROP VIEW IF EXISTS _raw_all",
@@ -97,7 +107,7 @@ def _track(progress: Any, items: Iterable, total: int, description: str) -> Iter
 
 
 def _candidates(
-    con: duckdb.DuckDBPyConnection, kind: str, images: Path | None
+    con: duckdb.DuckDBPyConnection, kind: str, images: Path | None, raw: str = "_raw"
 ) -> list[tuple[int, str | None, str]]:
     """(post id, md5, image path) to check: included posts of this source with no file yet.
 
@@ -125,8 +135,9 @@ def _candidates(
     con.execute("CREATE OR REPLACE TEMP TABLE _idx AS SELECT * FROM _idx_py")
     con.unregister("_idx_py")
     ids = (
-        "SELECT try_cast(json_extract_string(raw, '$.id') AS BIGINT) AS id, "
-        "lower(json_extract_string(raw, '$.md5')) AS md5 FROM _raw"
+        f"SELECT {post_id_sql('id_text')} AS id, md5 FROM (SELECT "
+        "json_extract_string(raw, '$.id') AS id_text, "
+        f"lower(json_extract_string(raw, '$.md5')) AS md5 FROM {raw})"
     )
     sql = f"""
         SELECT c.id, p.md5, c.path_img FROM (
@@ -214,25 +225,23 @@ def _id_stats(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
         row = con.execute("SELECT n, n_ids, n_distinct FROM _raw_stats").fetchone()
     except duckdb.Error:
         row = con.execute(
-            "SELECT count(*), count(id), count(DISTINCT id) FROM "
-            "(SELECT try_cast(json_extract_string(raw, '$.id') AS BIGINT) AS id FROM _raw)"
+            f"SELECT count(*), count(id), count(DISTINCT id) FROM (SELECT {post_id_sql('t')} "
+            "AS id FROM (SELECT json_extract_string(raw, '$.id') AS t FROM _raw))"
         ).fetchone()
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def _insert_posts(con: duckdb.DuckDBPyConnection, select: str, unique_ids: bool) -> None:
-    """Insert the posts of `select` that are not in the catalog yet.
+def _insert_posts(con: duckdb.DuckDBPyConnection, select: str) -> None:
+    """Insert the posts of `select` (unique ids) that are not in the catalog yet.
 
-    With unique ids in the source (the usual case) a plain anti-join insert is used, much
-    cheaper than ON CONFLICT on a million rows; otherwise the first record of an id wins.
+    A plain anti-join insert, much cheaper than ON CONFLICT on a million rows; a source
+    that repeats an id was cut to the first record of each id before (`keep_first_ids`),
+    and on the fast path a repeat fails the primary key and sends the source the careful way.
     """
-    if unique_ids:
-        con.execute(
-            f"INSERT INTO posts ({POST_COLUMNS}) SELECT * FROM ({select}) "
-            "WHERE id NOT IN (SELECT id FROM posts)"
-        )
-    else:
-        con.execute(f"INSERT INTO posts ({POST_COLUMNS}) {select} ON CONFLICT DO NOTHING")
+    con.execute(
+        f"INSERT INTO posts ({POST_COLUMNS}) SELECT * FROM ({select}) "
+        "WHERE id NOT IN (SELECT id FROM posts)"
+    )
 
 
 def ingest_source(
@@ -303,6 +312,19 @@ def _careful(
         with transaction(con):
             record_problems(con, key, problems)
         return problems
+    try:
+        stats = _id_stats(con)
+        found = list(problems)
+        with transaction(con):
+            _write_source(con, kind, key, recipe, images, progress, found, stats)
+        return found
+    except duckdb.Error:
+        if kind != "parquet":
+            raise
+    # a Parquet dump DuckDB failed on mid-way (a corrupt data page): read what decodes,
+    # one row group at a time, and name the rest
+    _drop_raw(con)
+    problems = read_parquet_groups(con, source)
     stats = _id_stats(con)
     with transaction(con):
         _write_source(con, kind, key, recipe, images, progress, problems, stats)
@@ -322,18 +344,25 @@ def _write_source(
     """Inside the source's transaction: posts, files, then the problems (appended to
     `problems`). `stats` None: the fast path, every record is assumed to have a unique id."""
     n, n_ids, n_distinct = stats or (0, 0, 0)
+    raw = "_raw"
+    if n_ids != n_distinct:  # a repeated id: the first record of each id is kept
+        keep_first_ids(con)
+        raw = "_raw_first"
     hidden: dict = {}  # tag strings with control or invisible characters (tag_normalize)
     listed = set().union(*blocked_lists(recipe.safety))
     with sql_functions(con, hidden, listed) as split_fn:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW _norm AS {normalized_sql('_raw', split_fn)}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _norm AS {normalized_sql(raw, split_fn)}")
         select = posts_select_sql(
             "_norm", recipe.ingest.legacy_ratings, recipe.safety, key, all_have_ids=n_ids == n
         )
-        _insert_posts(con, select, unique_ids=n_ids == n_distinct)
+        _insert_posts(con, select)
         if n_ids < n:
             problems += bad_records(con, kind)
+        if n_ids != n_distinct:
+            problems += duplicate_ids(con, kind)
         problems += odd_fields(con, key) + hidden_characters(hidden, key)
-        rows, file_problems = _check_files(con, _candidates(con, kind, images), recipe, progress)
+        cands = _candidates(con, kind, images, raw)
+        rows, file_problems = _check_files(con, cands, recipe, progress)
     problems += file_problems
     insert_rows(con, "files", FILE_COLUMNS, rows)
     record_problems(con, key, problems)

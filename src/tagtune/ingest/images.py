@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from tagtune.untrusted import NOT_REGULAR, NotRegularFile, read_regular
+
 VIDEO_EXTS = frozenset({"mp4", "webm", "zip", "swf", "mkv", "mov", "avi", "ugoira"})
 """Video and archive extensions (an ugoira arrives as zip or webm): never ingested."""
 ANIMATED_EXTS = frozenset({"gif"})
@@ -36,6 +38,7 @@ REASONS = (
     "video",
     "too-small",
     "duplicate",
+    "duplicate-id",
     "bad-metadata",
     "bad-field",
     "md5-differs",
@@ -101,7 +104,9 @@ def check_image(
     if ext in ANIMATED_EXTS:
         return ImageCheck(p, "animated", f"{ext} files are not ingested")
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
+    except NotRegularFile:
+        return ImageCheck(p, "unreadable", NOT_REGULAR)
     except OSError as exc:
         return ImageCheck(p, "unreadable", f"cannot read: {exc.strerror}")
     if not data:

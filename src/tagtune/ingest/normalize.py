@@ -15,6 +15,7 @@ modern meaning (with legacy_ratings, an old `s` meant safe and becomes `g`).
 
 from __future__ import annotations
 
+from tagtune.ingest.sources import post_id_sql
 from tagtune.recipe import SafetyConfig
 from tagtune.safety import blocked_hits_sql, blocked_sql, safety_rating_sql
 from tagtune.tag_normalize import split_tags_sql, tidy_sql
@@ -90,7 +91,7 @@ def normalized_sql(raw: str, split_fn: str) -> str:
     tidy = ", ".join(f"{tidy_sql(_v(f'tag_string_{g}'))} AS tidy_{g}" for g in GROUPS)
     return f"""
     SELECT rec, path, line, file, raw,
-        try_cast({_v("id")} AS BIGINT) AS id,
+        {post_id_sql(_v("id"))} AS id,
         lower(nullif({_v("md5")}, '')) AS md5,
         {_v("created_at")} AS created_at,
         coalesce(try_cast(left({_v("created_at")}, 10) AS DATE),

@@ -8,21 +8,75 @@ import re
 
 import duckdb
 
-from tagtune.ingest.sources import Problem
+from tagtune.ingest.sources import ID_RULE, Problem, post_id_sql
+
+
+def raw_ids_sql(raw: str = "_raw") -> str:
+    """SELECT of `raw`'s columns plus `id` (post_id_sql) and `id_json` (the id as written)."""
+    return (
+        f"SELECT *, {post_id_sql('id_text')} AS id FROM (SELECT *, "
+        f"json_extract_string(raw, '$.id') AS id_text, json_extract(raw, '$.id') AS id_json "
+        f"FROM {raw})"
+    )
+
+
+def _where(kind: str, line: int | None, rec: int) -> str:
+    return "" if kind == "folder" else (f"line {line}: " if line else f"record {rec}: ")
 
 
 def bad_records(con: duckdb.DuckDBPyConnection, kind: str) -> list[Problem]:
-    """Records without a usable id; a dump's are named by line or record number."""
+    """Records without a usable id, named by the id as written; a dump's by line or record."""
     rows = con.execute(
-        "SELECT path, line, n FROM (SELECT path, line, coalesce(rec, row_number() OVER ()) AS n, "
-        "try_cast(json_extract_string(raw, '$.id') AS BIGINT) AS id FROM _raw) "
+        "SELECT path, line, n, id_json FROM (SELECT path, line, id, id_json, "
+        f"coalesce(rec, row_number() OVER ()) AS n FROM ({raw_ids_sql()})) "
         "WHERE id IS NULL ORDER BY n LIMIT 10000"
     ).fetchall()
     out = []
-    for path, line, rec in rows:
-        where = "" if kind == "folder" else (f"line {line}: " if line else f"record {rec}: ")
-        out.append(Problem(path, None, "bad-metadata", f"{where}missing or invalid id"))
+    for path, line, rec, written in rows:
+        what = "no id" if written is None else f"id = {_short(written)} is not {ID_RULE}"
+        out.append(Problem(path, None, "bad-metadata", f"{_where(kind, line, rec)}{what}; dropped"))
     return out
+
+
+def duplicate_ids(con: duckdb.DuckDBPyConnection, kind: str) -> list[Problem]:
+    """Records whose id an earlier record of the same source already has (after
+    `keep_first_ids`): each is a `duplicate-id` problem; the first record is kept."""
+    rows = con.execute(
+        "SELECT path, line, rec, id, first, first_path FROM (SELECT path, line, rec, id, "
+        "min(rec) OVER w AS first, first_value(path) OVER (w ORDER BY rec) AS first_path "
+        "FROM _raw_ids WHERE id IS NOT NULL WINDOW w AS (PARTITION BY id)) "
+        "WHERE rec > first ORDER BY rec LIMIT 10000"
+    ).fetchall()
+    out = []
+    for path, line, rec, pid, first, first_path in rows:
+        earlier = first_path if kind == "folder" else f"record {first}"
+        out.append(
+            Problem(
+                path,
+                pid,
+                "duplicate-id",
+                f"{_where(kind, line, rec)}post {pid} again (first in {earlier}, kept); dropped",
+            )
+        )
+    return out
+
+
+def keep_first_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Number `_raw`'s records in reading order and keep, of each id, only the first: so
+    which record wins is fixed, and the others can be named (`duplicate_ids`). Costs a
+    pass over the source; only run when the source repeats an id."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _raw_ids AS SELECT * FROM "
+        f"({raw_ids_sql('(SELECT coalesce(rec, row_number() OVER ()) AS rec, path, line, raw, file FROM _raw)')})"
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW _raw_first AS SELECT rec, path, line, raw, file FROM _raw_ids "
+        "QUALIFY id IS NULL OR row_number() OVER (PARTITION BY id ORDER BY rec) = 1"
+    )
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # Numeric fields a post must hold as numbers; a value that is not one is kept as unknown

@@ -18,7 +18,6 @@ insert need not parse a million records once more.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,18 @@ import duckdb
 
 from tagtune.errors import InputError
 from tagtune.ingest.images import MEDIA_EXTS
+from tagtune.untrusted import (
+    NOT_REGULAR,
+    BadJSON,
+    NotRegularFile,
+    TooDeep,
+    parse_json,
+    read_regular,
+)
 
 KINDS = ("folder", "api-json", "jsonl", "parquet")
+MAX_SIDECAR_BYTES = 16 * 1024 * 1024
+"""A gallery-dl sidecar is a few KiB; a larger .json beside an image is not read."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,24 @@ class Problem:
     post_id: int | None
     reason: str
     detail: str
+
+
+ID_DIGITS = "0*[1-9][0-9]{0,18}"
+"""A post id as written: decimal digits of a positive integer (BIGINT range checked by cast)."""
+ID_RULE = "a positive integer written in decimal digits"
+
+
+def post_id_sql(text: str) -> str:
+    """SQL for the post id from its extracted text (`json_extract_string(raw, '$.id')`).
+
+    Only an integer as written is an id: a JSON integer, or a string of decimal digits as
+    some dumps write it. 28.5, 1e3, "0x1F", true and -3 are NULL (the record is reported and
+    dropped), never coerced into another post's id (28.5 would round to post 29). `text`
+    is used twice: pass a column, not a function of the JSON.
+    """
+    return (
+        f"(CASE WHEN regexp_full_match({text}, '{ID_DIGITS}') THEN try_cast({text} AS BIGINT) END)"
+    )
 
 
 def _sql_str(text: str) -> str:
@@ -58,6 +85,8 @@ def detect_kind(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         return "folder"
+    if path.exists() and not path.is_file():
+        raise InputError(NOT_REGULAR, file=path, field="SOURCE")
     if not path.is_file():
         raise InputError("no such file or folder", file=path, field="SOURCE")
     suffix = _base_suffix(path)
@@ -79,10 +108,6 @@ def _open_text(path: Path):
     if path.name.lower().endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8", errors="replace")
     return open(path, encoding="utf-8", errors="replace")
-
-
-def _json_error(exc: json.JSONDecodeError) -> str:
-    return f"line {exc.lineno} column {exc.colno}: {exc.msg}"
 
 
 # --- folders of images with gallery-dl sidecars ---------------------------------------------
@@ -134,14 +159,17 @@ def read_folder(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Problem]:
             )
             continue
         try:
-            text = side.read_text(encoding="utf-8")
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(str(side), None, "bad-metadata", _json_error(exc)))
+            data = read_regular(side, MAX_SIDECAR_BYTES)
+            obj = parse_json(data)
+        except (BadJSON, NotRegularFile) as exc:
+            problems.append(Problem(str(side), None, "bad-metadata", str(exc)))
             continue
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(str(side), None, "bad-metadata", f"cannot read: {exc}"))
+        except OSError as exc:
+            problems.append(
+                Problem(str(side), None, "bad-metadata", f"cannot read: {exc.strerror or exc}")
+            )
             continue
+        text = data.decode("utf-8")
         if not isinstance(obj, dict):
             problems.append(
                 Problem(str(side), None, "bad-metadata", "not a post (a JSON object expected)")
@@ -152,7 +180,7 @@ def read_folder(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Problem]:
             problems.append(
                 Problem(
                     str(side),
-                    pid if isinstance(pid, int) else None,
+                    pid if type(pid) is int and 0 < pid < 2**63 else None,
                     "no-image",
                     "sidecar without an image beside it",
                 )
@@ -172,11 +200,18 @@ def read_folder(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Problem]:
         }
     )
     con.register("_raw_py", table)
+    # TRY_CAST: a sidecar Python accepted but DuckDB does not is one problem, not a failed source
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _raw AS "
-        "SELECT rec, path, line, CAST(raw AS JSON) AS raw, file FROM _raw_py"
+        "SELECT rec, path, line, TRY_CAST(raw AS JSON) AS raw, file FROM _raw_py"
     )
     con.unregister("_raw_py")
+    refused = con.execute("SELECT path FROM _raw WHERE raw IS NULL ORDER BY rec").fetchall()
+    if refused:
+        problems += [
+            Problem(p, None, "bad-metadata", "not JSON that DuckDB reads") for (p,) in refused
+        ]
+        con.execute("DELETE FROM _raw WHERE raw IS NULL")
     return problems
 
 
@@ -191,9 +226,11 @@ def _bad_lines(path: Path, limit: int = 1000) -> list[Problem]:
             if not line.strip():
                 continue
             try:
-                json.loads(line)
-            except json.JSONDecodeError as exc:
-                out.append(Problem(str(path), None, "bad-metadata", f"line {lineno}: {exc.msg}"))
+                parse_json(line)
+            except TooDeep:  # DuckDB reads deep records: only what it rejects is named here
+                continue
+            except BadJSON as exc:
+                out.append(Problem(str(path), None, "bad-metadata", f"line {lineno}: {exc.reason}"))
                 if len(out) >= limit:
                     break
     return out
@@ -254,8 +291,8 @@ def read_dump(con: duckdb.DuckDBPyConnection, path: Path, kind: str) -> list[Pro
         # one narrow pass: rejected lines, and the id counts the insert needs (see id_stats)
         n_bad, *stats = con.execute(
             "SELECT count(*) FILTER (WHERE raw IS NULL), count(raw), count(id), count(DISTINCT id) "
-            "FROM (SELECT raw, try_cast(json_extract_string(raw, '$.id') AS BIGINT) AS id "
-            "FROM _raw_all)"
+            f"FROM (SELECT raw, {post_id_sql('t')} AS id FROM (SELECT raw, "
+            "json_extract_string(raw, '$.id') AS t FROM _raw_all))"
         ).fetchone()
     except duckdb.Error as exc:
         return [Problem(str(path), None, "bad-metadata", f"not JSON: {exc}".splitlines()[0])]
@@ -287,12 +324,68 @@ def _read_json_array(con: duckdb.DuckDBPyConnection, path: Path, cols: str) -> l
         pass
     try:
         with _open_text(path) as fh:
-            json.load(fh)
+            parse_json(fh.read())
         detail = "not a list of post objects"
-    except json.JSONDecodeError as exc:
-        detail = _json_error(exc)
+    except BadJSON as exc:
+        detail = str(exc)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _raw (rec BIGINT, path VARCHAR, line BIGINT, raw JSON, "
         "file VARCHAR)"
     )
     return [Problem(str(path), None, "bad-metadata", detail)]
+
+
+def read_parquet_groups(con: duckdb.DuckDBPyConnection, path: Path) -> list[Problem]:
+    """Temp table `_raw` from the row groups of a Parquet dump that read, one at a time.
+
+    The fallback for a dump DuckDB failed on mid-way (a corrupt data page): each row group
+    that does not decode is a problem naming its rows, the others are ingested.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = _sql_str(str(path))
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _raw (rec BIGINT, path VARCHAR, line BIGINT, raw JSON, "
+        "file VARCHAR)"
+    )
+    try:
+        groups = pq.ParquetFile(path)
+        total = groups.metadata.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        return [
+            Problem(
+                str(path), None, "bad-metadata", f"not a readable Parquet file: {_first_line(exc)}"
+            )
+        ]
+    failed: list[tuple[int, int, int, str]] = []
+    start = read = 0
+    for i in range(groups.num_row_groups):
+        rows = groups.metadata.row_group(i).num_rows
+        try:
+            con.register("_group_py", groups.read_row_group(i))
+            con.execute(
+                f"INSERT INTO _raw SELECT NULL, {p}, NULL, to_json(t), NULL FROM _group_py t"
+            )
+            read += rows
+        except (OSError, pa.ArrowException, duckdb.Error) as exc:
+            failed.append((i, start, rows, _first_line(exc)))
+        finally:
+            con.unregister("_group_py")
+        start += rows
+    n = groups.num_row_groups
+    return [
+        Problem(
+            str(path),
+            None,
+            "bad-metadata",
+            f"row group {i + 1} of {n} (rows {first + 1} to {first + rows}) is corrupt "
+            f"({reason}); skipped, {read} of {total} rows read",
+        )
+        for i, first, rows, reason in failed
+    ]
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -9,7 +9,6 @@ names the file and the tensor. `.ckpt`/`.pt`/`.bin` load only with `torch.load(w
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from collections.abc import Mapping
@@ -21,8 +20,15 @@ import torch
 from tagtune.errors import DependencyError, ModelFileError
 from tagtune.models import keys
 from tagtune.models.components import SDXLComponents
-from tagtune.models.configs import CONFIG_FILES, METADATA_KEY, sdxl_base_configs
+from tagtune.models.configs import (
+    CONFIG_FILES,
+    METADATA_KEY,
+    configs_from_metadata,
+    read_config_file,
+    sdxl_base_configs,
+)
 from tagtune.models.safetensors_io import load_tensors, read_header
+from tagtune.untrusted import BadJSON, parse_json
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -43,11 +49,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _unpickler_reason(exc: Exception) -> str:
-    """The one useful sentence of torch's long weights-only error."""
+    """The one useful sentence of torch's long weights-only error (never its advice to
+    retry with weights_only=False)."""
     text = str(exc)
     _, _, tail = text.partition("WeightsUnpickler error:")
     paragraph = next((p for p in tail.strip().split("\n\n") if p.strip()), "")
-    return " ".join(paragraph.split()).split(". ")[0] or text.splitlines()[0]
+    reason = " ".join(paragraph.split()).split(". ")[0]
+    if reason:
+        return reason
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first if "weights_only" not in first else "not a plain dict of tensors"
 
 
 def _torch_load_weights_only(path: Path) -> dict[str, torch.Tensor]:
@@ -57,14 +68,16 @@ def _torch_load_weights_only(path: Path) -> dict[str, torch.Tensor]:
         reason = _unpickler_reason(exc)
         if "Unsupported global" in reason:
             raise ModelFileError(
-                "refused: the pickle holds more than tensors, and tagtune never unpickles code "
-                f"(torch.load weights_only=True: {reason})",
+                "refused: pickled code and objects are never loaded, only plain tensors, and "
+                f"this file holds more ({reason})",
                 file=path,
                 hint="get a .safetensors file, or convert this one with a tool you trust",
-            ) from exc
-        raise ModelFileError(f"not a readable torch checkpoint ({reason})", file=path) from exc
+            ) from None
+        raise ModelFileError(f"not a readable torch checkpoint ({reason})", file=path) from None
     except Exception as exc:  # corrupt zip, truncated file, not a torch file at all
-        raise ModelFileError(f"not a readable torch checkpoint ({exc})", file=path) from exc
+        raise ModelFileError(
+            f"not a readable torch checkpoint ({_unpickler_reason(exc)})", file=path
+        ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -120,11 +133,28 @@ def _fit_text_keys(module, state: Mapping[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
+def checked_empty_module(name: str, config: Mapping[str, Any], source: str):
+    """empty_module, with a config diffusers or transformers cannot build (an unknown block
+    type, a width that does not divide into heads) as a ModelFileError naming the file.
+
+    Their constructors raise many types for a bad config (ValueError, TypeError, KeyError,
+    IndexError, huggingface_hub's StrictDataclassError, ...); sizes were bounded before
+    (`check_config`), so any failure here is the file's config, reported as such.
+    """
+    try:
+        return empty_module(name, config)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:240] or type(exc).__name__
+        raise ModelFileError(
+            f"the {name} config does not build a model ({reason})", file=source
+        ) from None
+
+
 def build_module(
     name: str, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], dtype, source: str
 ):
     """Build component `name` from its diffusers config and fill it strictly from `state`."""
-    module = empty_module(name, config)
+    module = checked_empty_module(name, config, source)
     if name.startswith("text_encoder"):
         state = _fit_text_keys(module, state)
     expected = module.state_dict()
@@ -166,7 +196,7 @@ def split_single_file(
             "(SD 1.x/2.x and the SDXL refiner are not supported)",
             file=source,
         )
-    te2_probe = empty_module("text_encoder_2", configs["text_encoder_2"])
+    te2_probe = checked_empty_module("text_encoder_2", configs["text_encoder_2"], source)
     return {
         "unet": sfu.convert_ldm_unet_checkpoint(dict(state), dict(configs["unet"])),
         "vae": sfu.convert_ldm_vae_checkpoint(
@@ -184,16 +214,15 @@ def split_single_file(
 def _configs_from_metadata(meta: Mapping[str, str], source: str) -> dict[str, dict[str, Any]]:
     if METADATA_KEY not in meta:
         return sdxl_base_configs()
-    try:
-        configs = json.loads(meta[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(
-            "header metadata is not JSON", file=source, field=METADATA_KEY
-        ) from exc
-    missing = [k for k in CONFIG_FILES if k not in configs]
-    if missing:
-        raise ModelFileError(f"header configs lack {missing}", file=source, field=METADATA_KEY)
-    return configs
+    return configs_from_metadata(meta[METADATA_KEY], source)
+
+
+def file_configs(path: Path) -> dict[str, dict[str, Any]]:
+    """The component configs a single file will be built with, checked before any of its
+    tensors is read: its own `tagtune.configs` (safetensors) or the SDXL base configs."""
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES and path.is_file():
+        return _configs_from_metadata(read_header(path).metadata, str(path))
+    return sdxl_base_configs()
 
 
 def resolve_tokenizers(tokenizers: Any = None, folder: Path | None = None) -> tuple[Any, Any]:
@@ -241,7 +270,7 @@ def read_folder_component(sub: Path) -> dict[str, torch.Tensor]:
     ):
         index = sub / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = _index_shards(index)
             for shard in shards:  # validate every header before reading any data
                 read_header(sub / shard)
             state: dict[str, torch.Tensor] = {}
@@ -251,18 +280,46 @@ def read_folder_component(sub: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(_weights_file(sub))[0]
 
 
-def _load_folder(folder: Path, tokenizers: Any, dtype) -> SDXLComponents:
-    modules = {}
+def _index_shards(index: Path) -> list[str]:
+    """The shard file names of a `*.safetensors.index.json`, checked: names in the folder."""
+    try:
+        weight_map = parse_json(index.read_bytes()).get("weight_map")
+    except (OSError, BadJSON, AttributeError) as exc:
+        raise ModelFileError(f"not a readable shard index ({exc})", file=index) from None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(v, str) and v and Path(v).name == v and v not in (".", "..")
+        for v in weight_map.values()
+    ):
+        raise ModelFileError(
+            "weight_map must map tensor names to shard file names in this folder",
+            file=index,
+            field="weight_map",
+        )
+    return sorted(set(weight_map.values()))
+
+
+def folder_configs(folder: Path) -> dict[str, dict[str, Any]]:
+    """The configs of a diffusers folder, each read within limits and checked before any
+    weight is read; the scheduler's is optional ({} when absent)."""
+    configs = {}
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         cfg_path = folder / CONFIG_FILES[name]
         if not cfg_path.is_file():
             raise ModelFileError("not a diffusers SDXL folder: missing config", file=cfg_path)
-        config = json.loads(cfg_path.read_text())
-        modules[name] = build_module(
-            name, config, read_folder_component(folder / name), dtype, str(folder / name)
-        )
+        configs[name] = read_config_file(cfg_path, name)
     sched_path = folder / CONFIG_FILES["scheduler"]
-    scheduler = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
+    configs["scheduler"] = read_config_file(sched_path, "scheduler") if sched_path.exists() else {}
+    return configs
+
+
+def _load_folder(folder: Path, tokenizers: Any, dtype) -> SDXLComponents:
+    configs = folder_configs(folder)
+    modules = {}
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        modules[name] = build_module(
+            name, configs[name], read_folder_component(folder / name), dtype, str(folder / name)
+        )
+    scheduler = configs["scheduler"]
     tok1, tok2 = resolve_tokenizers(tokenizers, folder)
     return SDXLComponents(
         **modules, tokenizer=tok1, tokenizer_2=tok2, scheduler_config=scheduler, source=str(folder)
@@ -281,8 +338,8 @@ def load_model(
     path = Path(path)
     if path.is_dir():
         return _load_folder(path, tokenizers, dtype)
-    state, meta = read_checkpoint(path)
-    configs = _configs_from_metadata(meta, str(path))
+    configs = file_configs(path)  # checked before a tensor is read or a module is built
+    state, _ = read_checkpoint(path)
     parts = split_single_file(state, configs, str(path))
     del state
     modules = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,13 @@ import torch
 
 from tagtune.atomic import atomic_path
 from tagtune.errors import ModelFileError
+from tagtune.untrusted import BadJSON, parse_json
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_DEPTH = 8
+"""A header nests 3 levels (tensor -> entry -> shape); deeper is refused before parsing."""
+MAX_DIMS = 16
+"""Most dimensions a tensor may have (SDXL's have at most 4)."""
 
 # safetensors dtype code -> torch dtype (item size comes from torch)
 DTYPES: dict[str, torch.dtype] = {
@@ -98,8 +104,16 @@ def itemsize(code: str) -> int:
     return ITEMSIZE[code]
 
 
+def short_repr(value: object, limit: int = 60) -> str:
+    """repr() cut to `limit` characters: a hostile value must not make a huge message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _fail(path: Path, reason: str, tensor: str | None = None) -> ModelFileError:
-    return ModelFileError(reason, file=path, field=f"tensor {tensor!r}" if tensor else None)
+    return ModelFileError(
+        reason, file=path, field=f"tensor {short_repr(tensor, 200)}" if tensor else None
+    )
 
 
 def _check_metadata(path: Path, meta: object) -> dict[str, str]:
@@ -108,7 +122,9 @@ def _check_metadata(path: Path, meta: object) -> dict[str, str]:
     for k, v in meta.items():
         if not isinstance(v, str):
             raise ModelFileError(
-                "__metadata__ values must be strings", file=path, field=f"__metadata__.{k}"
+                f"__metadata__ values must be strings, not {short_repr(v)}",
+                file=path,
+                field=f"__metadata__.{short_repr(k)[1:-1]}",
             )
     return meta
 
@@ -117,24 +133,28 @@ def _check_entry(path: Path, name: str, entry: object, data_size: int) -> Tensor
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise _fail(path, "entry must have exactly dtype, shape and data_offsets", name)
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object is no dtype
         raise ModelFileError(
-            f"unknown dtype {dtype!r}",
+            f"unknown dtype {short_repr(dtype)}",
             file=path,
-            field=f"tensor {name!r}",
+            field=f"tensor {short_repr(name, 200)}",
             allowed=", ".join(DTYPES),
         )
     if not isinstance(shape, list) or not all(
         type(d) is int and d >= 0 for d in shape
     ):  # bool is an int subclass: `type(d) is int` keeps it out
-        raise _fail(path, f"shape {shape!r} is not a list of integers >= 0", name)
+        raise _fail(path, f"shape {short_repr(shape)} is not a list of integers >= 0", name)
+    if len(shape) > MAX_DIMS:
+        raise _fail(path, f"shape has {len(shape)} dimensions (at most {MAX_DIMS})", name)
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(type(o) is int for o in offsets)
         or not 0 <= offsets[0] <= offsets[1]
     ):
-        raise _fail(path, f"data_offsets {offsets!r} are not two ordered integers >= 0", name)
+        raise _fail(
+            path, f"data_offsets {short_repr(offsets)} are not two ordered integers >= 0", name
+        )
     begin, end = offsets
     if end > data_size:
         raise _fail(
@@ -161,7 +181,10 @@ def read_header(path: str | Path) -> Header:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise _fail(path, "not a regular file")
+        size = info.st_size
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
@@ -181,9 +204,9 @@ def read_header(path: str | Path) -> Header:
     except OSError as exc:
         raise ModelFileError(f"cannot read: {exc.strerror or exc}", file=path) from exc
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"header is not valid JSON ({exc})") from exc
+        header = parse_json(raw, max_depth=MAX_HEADER_DEPTH)
+    except BadJSON as exc:
+        raise _fail(path, f"header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise _fail(path, "header is not a JSON object")
     data_size = size - 8 - n

@@ -9,7 +9,6 @@ keeps the checkpoint's dtype. The rest of the checkpoint is streamed, never held
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,12 @@ import torch
 
 from tagtune.errors import ModelFileError
 from tagtune.models import keys
-from tagtune.models.configs import METADATA_KEY, sdxl_base_configs
+from tagtune.models.configs import (
+    METADATA_KEY,
+    configs_from_metadata,
+    read_config_file,
+    sdxl_base_configs,
+)
 from tagtune.models.load import read_checkpoint, read_folder_component
 from tagtune.models.modelspec import HASH_KEY
 from tagtune.models.safetensors_io import LazyTensor, lazy_tensors, write_safetensors
@@ -37,23 +41,29 @@ class BakeResult:
     vae: str
 
 
-def _vae_config(folder_config: Path | None, ckpt_meta: dict[str, str]) -> dict:
-    if folder_config is not None and folder_config.is_file():
-        return json.loads(folder_config.read_text())
+def _vae_config(folder_config: Path | None, ckpt_meta: dict[str, str], ckpt: Path) -> dict:
+    """The VAE config beside the VAE, else the checkpoint's own, else SDXL's; checked."""
+    if folder_config is not None and folder_config.exists():
+        return read_config_file(folder_config, "vae")
     if METADATA_KEY in ckpt_meta:
-        return json.loads(ckpt_meta[METADATA_KEY])["vae"]
+        return configs_from_metadata(ckpt_meta[METADATA_KEY], ckpt)["vae"]
     return sdxl_base_configs()["vae"]
 
 
-def read_vae(vae: str | Path, ckpt_meta: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
-    """VAE tensors under bare LDM names (`encoder.down.0.block.0.conv1.weight`, ...)."""
+def read_vae(
+    vae: str | Path, ckpt_meta: dict[str, str] | None = None, ckpt: str | Path = ""
+) -> dict[str, torch.Tensor]:
+    """VAE tensors under bare LDM names (`encoder.down.0.block.0.conv1.weight`, ...).
+
+    `ckpt_meta` and `ckpt`: the header metadata and path of the checkpoint it goes into,
+    whose `tagtune.configs` give the VAE's config when no config.json lies beside it."""
     vae = Path(vae)
     meta = ckpt_meta or {}
     if vae.is_dir():
         folder = vae / "vae" if (vae / "vae").is_dir() else vae
         state = read_folder_component(folder)
         return keys.vae_diffusers_to_ldm_unprefixed(
-            state, _vae_config(folder / "config.json", meta)
+            state, _vae_config(folder / "config.json", meta, Path(ckpt))
         )
     state, _ = read_checkpoint(vae)
     if any(k.startswith(keys.VAE_PREFIX) for k in state):
@@ -64,7 +74,7 @@ def read_vae(vae: str | Path, ckpt_meta: dict[str, str] | None = None) -> dict[s
         }
     if any(k.startswith(DIFFUSERS_VAE_SIGNATURE) for k in state):
         return keys.vae_diffusers_to_ldm_unprefixed(
-            state, _vae_config(vae.parent / "config.json", meta)
+            state, _vae_config(vae.parent / "config.json", meta, Path(ckpt))
         )
     found = {k: v for k, v in state.items() if k.startswith(LDM_VAE_ROOTS)}
     if not found:
@@ -106,7 +116,7 @@ def bake_vae(ckpt: str | Path, vae: str | Path, out: str | Path, force: bool = F
     targets = sorted(k for k in tensors if k.startswith(keys.VAE_PREFIX))
     if not targets:
         raise ModelFileError(f"has no {keys.VAE_PREFIX}* tensors to replace", file=ckpt)
-    new = read_vae(vae, meta)
+    new = read_vae(vae, meta, ckpt)
     want = {k.removeprefix(keys.VAE_PREFIX) for k in targets}
     missing, extra = sorted(want - set(new)), sorted(set(new) - want)
     if missing or extra:
