@@ -11,6 +11,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
 
 
+def _bind_library_loggers() -> None:
+    """Create transformers' and diffusers' log handlers now, on the session's stderr.
+
+    Both libraries create their stderr handler at their first log call and keep the stream
+    they saw then: if that happens inside a test that captures stderr (capsys, an in-process
+    CLI run), every later warning goes to a closed stream and prints a logging error into
+    whatever output is captured at the time.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.get_logger("transformers")
+    diffusers_logging.get_logger("diffusers")
+
+
+_bind_library_loggers()
+
+
 @pytest.fixture(scope="session")
 def tiny_sdxl():
     """A tiny random SDXL model (seed 0), built once; tests must not modify it in place."""
