@@ -12,6 +12,7 @@ from tagtune.train import rounding
 from tagtune.train.rounding import round_generator, stochastic_round_
 from tagtune.train.stages import run_training
 from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
+from tagtune.workspace import init_workspace
 
 FROZEN_TE = {"lr_text_encoder": 0.0, "lr_text_encoder_2": 0.0}
 
@@ -44,23 +45,35 @@ def _bf16_exact(tiny_sdxl):
     return base
 
 
-def _unet_change(tmp_path, base, weight_dtype: str, optimizer: str, fused: bool = False):
-    """U-Net weights after a 4-step stage at lr 1e-6 minus before, flattened, in fp32."""
-    recipe = tiny_train_recipe(
-        epochs=2, batch_size=2, optimizer=optimizer, lr_unet=1e-6, scheduler="constant",
-        warmup_ratio=0.0, **FROZEN_TE,
-    )  # fmt: skip
-    recipe.train.weight_dtype = weight_dtype
-    recipe.train.fused_backward = fused
-    ws, lat = make_training_workspace(tmp_path / f"{weight_dtype}-{optimizer}-{fused}", recipe, 4)
-    comps = copy.deepcopy(base)
-    run_training(ws, components=comps, latents=lat, progress=False)
-    assert next(comps.unet.parameters()).dtype == getattr(torch, {"fp32": "float32"}.get(
-        weight_dtype, "bfloat16"))  # fmt: skip
-    return torch.cat(
-        [(a.detach().float() - b.float()).flatten()
-         for a, b in zip(comps.unet.parameters(), base.unet.parameters(), strict=True)]
-    )  # fmt: skip
+class Stages:
+    """Runs of one 3-step stage at lr 1e-6 on one synthetic workspace (each its own run)."""
+
+    def __init__(self, root, base) -> None:
+        self.base = base
+        self.ws, self.latents = make_training_workspace(root, tiny_train_recipe(), n=6)
+        self.runs = 0
+
+    def unet_change(self, weight_dtype: str, optimizer: str, fused: bool = False):
+        """U-Net weights after the stage minus before, flattened, in fp32."""
+        recipe = tiny_train_recipe(
+            epochs=1, batch_size=2, optimizer=optimizer, lr_unet=1e-6, scheduler="constant",
+            warmup_ratio=0.0, **FROZEN_TE,
+        )  # fmt: skip
+        self.runs += 1
+        recipe.train.run = f"run{self.runs}"
+        recipe.train.weight_dtype = weight_dtype
+        recipe.train.fused_backward = fused
+        init_workspace(self.ws.root, recipe, force=True)
+        comps = copy.deepcopy(self.base)
+        summary = run_training(self.ws, components=comps, latents=self.latents, progress=False)
+        assert summary.ran[0]["steps"] == 3
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[weight_dtype]
+        assert next(comps.unet.parameters()).dtype == dtype
+        with torch.no_grad():
+            return torch.cat(
+                [(a.float() - b.float()).flatten()
+                 for a, b in zip(comps.unet.parameters(), self.base.unet.parameters(), strict=True)]
+            )  # fmt: skip
 
 
 def _projection(change, reference) -> float:
@@ -69,22 +82,22 @@ def _projection(change, reference) -> float:
 
 
 def test_bf16_weights_move_like_fp32_weights_at_lr_1e6(tmp_path, tiny_sdxl, monkeypatch):
-    base = _bf16_exact(tiny_sdxl)
-    fp32 = _unet_change(tmp_path, base, "fp32", "adamw")
+    stages = Stages(tmp_path / "ws", _bf16_exact(tiny_sdxl))
+    fp32 = stages.unet_change("fp32", "adamw")
     assert fp32.abs().max() < 1e-5  # far below half a bf16 ulp of most weights
-    bf16 = _unet_change(tmp_path, base, "bf16", "adamw")
-    # measured 0.99 (the noise of rounding averages out over 3.9M weights)
+    bf16 = stages.unet_change("bf16", "adamw")
+    # measured 0.98 (the noise of rounding averages out over 3.9M weights)
     assert 0.8 < _projection(bf16, fp32) < 1.2
     # round-to-nearest, as torch writes a bf16 weight: measured 0.008, nearly every update lost
     monkeypatch.setattr(
         rounding, "stochastic_round_", lambda target, value, gen: target.copy_(value)
     )
-    nearest = _unet_change(tmp_path / "rtn", base, "bf16", "adamw")
+    nearest = stages.unet_change("bf16", "adamw")
     assert _projection(nearest, fp32) < 0.1
 
 
 def test_fused_adafactor_moves_bf16_weights_like_fp32_weights(tmp_path, tiny_sdxl):
-    base = _bf16_exact(tiny_sdxl)
-    fp32 = _unet_change(tmp_path, base, "fp32", "adafactor", fused=True)
-    bf16 = _unet_change(tmp_path, base, "bf16", "adafactor", fused=True)
+    stages = Stages(tmp_path / "ws", _bf16_exact(tiny_sdxl))
+    fp32 = stages.unet_change("fp32", "adafactor", fused=True)
+    bf16 = stages.unet_change("bf16", "adafactor", fused=True)
     assert 0.8 < _projection(bf16, fp32) < 1.2  # measured 0.99; round-to-nearest 0.010
