@@ -10,6 +10,7 @@ near the end of the backward pass, when nearly every gradient is held.
     PYTHONPATH=src python benchmarks/activation_memory.py              # every case (slow)
     PYTHONPATH=src python benchmarks/activation_memory.py --only te    # text encoders only
     PYTHONPATH=src python benchmarks/activation_memory.py --only step  # stage main, batch 4
+    PYTHONPATH=src python benchmarks/activation_memory.py --case step --batch 1 --no-checkpointing
 
 The U-Net cases take several minutes each on 2 CPU cores (nothing is computed, but every
 op is dispatched in Python).
@@ -122,14 +123,20 @@ def measure(case: str, batch: int, checkpointing: bool, chunks: int = 3) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("unet", "te", "step"), default=None)
+    parser.add_argument("--case", choices=("unet", "text_encoder", "text_encoder_2", "step"),
+                        help="measure this one case (with --batch, --no-checkpointing)")  # fmt: skip
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--no-checkpointing", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cases = []
-    if args.only in (None, "te"):
+    if args.case:
+        cases = [(args.case, args.batch, not args.no_checkpointing)]
+    elif args.only in (None, "te"):
         cases += [(n, 4, c) for n in ("text_encoder", "text_encoder_2") for c in (True, False)]
-    if args.only in (None, "unet"):
+    if not args.case and args.only in (None, "unet"):
         cases += [("unet", 1, True), ("unet", 4, True), ("unet", 1, False)]
-    if args.only in (None, "step"):
+    if not args.case and args.only in (None, "step"):
         cases += [("step", 4, True)]
     for name, batch, ckpt in cases:
         t0 = time.perf_counter()

@@ -54,6 +54,13 @@ def test_estimate_reflects_the_options():
     assert estimate_memory(fav, r.train).gradients == pytest.approx(PARAMS["unet"] * 2 / GIB)
     no_ckpt = r.train.model_copy(update={"gradient_checkpointing": False})
     assert estimate_memory(main, no_ckpt).activations > 10 * m.activations
+    # with checkpointing the peak is the end of the U-Net's backward pass: the encoders'
+    # gradients come later; without it, the end of the forward pass, before any gradient
+    assert m.gradients_at_peak == pytest.approx(PARAMS["unet"] * 2 / GIB)
+    assert m.total == pytest.approx(
+        m.weights + m.optimizer + m.gradients_at_peak + m.activations + m.overhead
+    )
+    assert estimate_memory(main, no_ckpt).gradients_at_peak == 0
     sampling = estimate_memory(main, r.train, sampling=True)
     assert sampling.weights - m.weights == pytest.approx(memory.VAE_PARAMS * 4 / GIB)
 

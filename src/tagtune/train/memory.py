@@ -14,15 +14,18 @@ from the configs in `tagtune/configs/sdxl-base`, not the model on disk). Its ter
   second moment (exact element counts of SDXL's shapes, fp32).
 - activations: what a forward + backward pass at 1024x1024 with 225-token captions holds
   beyond the weights and gradients at its peak, per image, measured in bf16 by
-  `benchmarks/activation_memory.py` (torch's MemTracker, real-size modules, no GPU):
-  U-Net 0.39 GiB with gradient checkpointing, 6.44 GiB without; trained text encoders
-  0.05 / 0.12 GiB. Doubled in fp32 (no mixed precision with fp32 weights). They are counted
-  beside every gradient, which overstates a run without checkpointing (its activation peak
-  comes early in the backward pass, before most gradients exist) by up to the gradients.
+  `benchmarks/activation_memory.py` (torch's MemTracker on real-size modules, no GPU).
+  With gradient checkpointing the peak falls at the end of the U-Net's backward pass: U-Net
+  0.39 GiB per image, plus 0.20 when the text encoders train (their activations wait for
+  their own backward pass, whose gradients come after the peak). Without it the peak falls
+  before any gradient exists: U-Net 6.44 GiB per image, text encoders TEXT_ACTIVATION_GIB.
+  Doubled in fp32 (no mixed precision with fp32 weights).
 - step buffers: bf16 weights are stepped on fp32 copies of a chunk of weights and gradients
   plus their random bits (12 bytes per value of the larger of a chunk and the largest
-  trained tensor); they live after the backward pass, so they count only where they exceed
-  the activations.
+  trained tensor), after the backward pass, beside every gradient. AdamW on fp32 weights
+  makes one temporary of the largest tensor.
+- peak: weights + optimizer + overhead + the larger of (gradients at the activation peak +
+  activations) and (all gradients + step buffers).
 - overhead: the CUDA context and library workspaces, outside torch's allocator (what
   `torch.cuda.max_memory_allocated` does not see).
 
@@ -45,14 +48,14 @@ ADAFACTOR_STATE = {"unet": 244_330_500, "text_encoder": 338_253, "text_encoder_2
 OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.034}
 # activations per 1024x1024 image in bf16, by gradient checkpointing (activation_memory.py)
 UNET_ACTIVATION_GIB = {True: 0.39, False: 6.44}
-TEXT_ACTIVATION_GIB = {True: 0.05, False: 0.12}
+TEXT_ACTIVATION_GIB = {True: 0.20, False: 0.32}
 STEP_CHUNK = 1 << 24  # tagtune.train.rounding.CHUNK_ELEMENTS
 CUDA_CONTEXT_GIB = 0.6
 
 
 @dataclass
 class MemoryEstimate:
-    """GiB per part of the estimate for one process; `total` is the peak."""
+    """GiB per part of the estimate for one process; `total` is the peak (module docstring)."""
 
     weights: float
     gradients: float
@@ -60,17 +63,22 @@ class MemoryEstimate:
     activations: float
     overhead: float
     step_buffers: float = 0.0
+    gradients_at_peak: float | None = None  # None: every gradient (a conservative peak)
 
     @property
     def total(self) -> float:
-        """Peak: persistent parts plus the larger of activations and the step's buffers."""
-        transient = max(self.activations, self.step_buffers)
-        return self.weights + self.gradients + self.optimizer + transient + self.overhead
+        """Peak: persistent parts plus the larger of the backward pass's and the step's peak."""
+        at_peak = self.gradients if self.gradients_at_peak is None else self.gradients_at_peak
+        transient = max(at_peak + self.activations, self.gradients + self.step_buffers)
+        return self.weights + self.optimizer + transient + self.overhead
 
     def to_json(self) -> dict[str, float]:
         """Rounded figures for printing."""
         parts = ("weights", "gradients", "optimizer", "activations", "step_buffers", "overhead")
-        return {k: round(getattr(self, k), 2) for k in (*parts, "total")}
+        out = {k: round(getattr(self, k), 2) for k in parts}
+        if self.gradients_at_peak is not None:
+            out["gradients_at_peak"] = round(self.gradients_at_peak, 2)
+        return {**out, "total": round(self.total, 2)}
 
 
 def _lrs(stage: StageConfig) -> dict[str, float]:
@@ -111,6 +119,12 @@ def estimate_memory(
     largest = max((LARGEST_TENSOR[m] for m in trained), default=0)
     fused = cfg.fused_backward and stage.optimizer == "adafactor"
     gradients = largest if fused else sum(PARAMS[m] for m in trained)
+    if not cfg.gradient_checkpointing:
+        at_peak = 0  # the activation peak comes before the backward pass makes gradients
+    elif fused:
+        at_peak = largest
+    else:
+        at_peak = PARAMS["unet"] if "unet" in trained else 0
     activations = activation_gib(stage, cfg)
     step = max(largest, STEP_CHUNK) * 12 if per_weight == 2 else largest * 4
     if fused:  # the step runs inside the backward pass, beside the activations
@@ -123,6 +137,7 @@ def estimate_memory(
         activations=activations,
         overhead=CUDA_CONTEXT_GIB,
         step_buffers=step / GIB,
+        gradients_at_peak=at_peak * per_weight / GIB,
     )
 
 
