@@ -1,8 +1,9 @@
 """The training loop of one stage: read `train_stage` top to bottom.
 
-Everything random in a step is drawn from generators keyed by (seed, stage, step, sample), and
-the data order from (seed, stage, epoch), so a resumed run repeats exactly what the
-uninterrupted run would have done.
+Everything random in a step is drawn from generators keyed by (seed, stage, step, sample), the
+stochastic rounding of bf16 weights from (seed, stage, step, chunk), and the data order from
+(seed, stage, epoch), so a resumed run repeats exactly what the uninterrupted run would have
+done.
 """
 
 from __future__ import annotations

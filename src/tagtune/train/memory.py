@@ -18,7 +18,7 @@ from the configs in `tagtune/configs/sdxl-base`, not the model on disk). Its ter
   With gradient checkpointing the peak falls at the end of the U-Net's backward pass: U-Net
   0.39 GiB per image, plus 0.20 when the text encoders train (their activations wait for
   their own backward pass, whose gradients come after the peak). Without it the peak falls
-  before any gradient exists: U-Net 6.44 GiB per image, text encoders TEXT_ACTIVATION_GIB.
+  before any gradient exists: U-Net 6.44 GiB per image, plus 0.42 with trained encoders.
   Doubled in fp32 (no mixed precision with fp32 weights).
 - step buffers: bf16 weights are stepped on fp32 copies of a chunk of weights and gradients
   plus their random bits (12 bytes per value of the larger of a chunk and the largest
@@ -48,7 +48,7 @@ ADAFACTOR_STATE = {"unet": 244_330_500, "text_encoder": 338_253, "text_encoder_2
 OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.034}
 # activations per 1024x1024 image in bf16, by gradient checkpointing (activation_memory.py)
 UNET_ACTIVATION_GIB = {True: 0.39, False: 6.44}
-TEXT_ACTIVATION_GIB = {True: 0.20, False: 0.32}
+TEXT_ACTIVATION_GIB = {True: 0.20, False: 0.42}
 STEP_CHUNK = 1 << 24  # tagtune.train.rounding.CHUNK_ELEMENTS
 CUDA_CONTEXT_GIB = 0.6
 

@@ -166,7 +166,7 @@ def attach_fused_step(
     for group in optimizer.param_groups:
         for p in group["params"]:
 
-            def hook(param: torch.Tensor, group: dict[str, Any] = group, index: int = index):
+            def hook(param: torch.Tensor, group: dict = group, index: int = index) -> None:
                 if max_grad_norm:
                     torch.nn.utils.clip_grad_norm_([param], max_grad_norm)
                 if rounding is not None:
