@@ -143,6 +143,26 @@ def test_missing_hashes_are_computed_from_the_export(ws):
     assert "| AutoV2 | `B94D27B993` |" in text
 
 
+def test_the_vae_the_export_carries_is_named_under_the_base_model(ws):
+    run_json = ws.runs_dir / "run1" / "run.json"
+    record = json.loads(run_json.read_text())
+    assert "| VAE |" not in write_card(ws, force=True).read_text()  # a record from before VAEs were named
+    fix = {"path": "vaes/sdxl-vae-fix.safetensors", "name": "sdxl-vae-fix.safetensors",
+           "sha256": "77" * 32, "autov2": "7777777777", "fingerprint": "88" * 32}  # fmt: skip
+    record["vae"] = {**fix, "path": "", "name": ""}  # trained on the base's own VAE ...
+    record["export"]["vae"] = fix  # ... but the export baked the fix VAE in
+    run_json.write_text(json.dumps(record))
+    text = write_card(ws, force=True).read_text()
+    assert (
+        "| Base model | community-sdxl.safetensors (AutoV2 `9999999999`) |\n"
+        "| VAE | sdxl-vae-fix.safetensors (AutoV2 `7777777777`) |"
+    ) in text
+    del record["export"]["vae"]
+    run_json.write_text(json.dumps(record))
+    assert "| VAE | the base model's own |" in write_card(ws, force=True).read_text()
+    assert "| train.weight_dtype | bf16 |" in text
+
+
 def test_other_licence_is_named_only(ws):
     run_json = ws.runs_dir / "run1" / "run.json"
     record = json.loads(run_json.read_text())

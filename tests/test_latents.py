@@ -63,6 +63,16 @@ def test_fingerprint_follows_the_weights(vae):
     assert len(vae_fingerprint(vae)) == 64
 
 
+def test_fingerprint_counts_values_not_the_dtype_they_are_held_in(vae):
+    exact = copy.deepcopy(vae)
+    with torch.no_grad():
+        for p in exact.parameters():
+            p.copy_(p.bfloat16().float())  # values bf16 holds exactly
+    held_bf16 = copy.deepcopy(exact).to(torch.bfloat16)
+    assert vae_fingerprint(held_bf16) == vae_fingerprint(exact)
+    assert vae_fingerprint(exact) != vae_fingerprint(vae)  # rounding changed the values
+
+
 def test_records_latents_and_time_ids(images, vae, tmp_path):
     result = encode_images(images, vae, tmp_path, CFG, workers=0)
     assert (result.planned, result.encoded, result.cached, result.problems) == (6, 6, 0, [])

@@ -59,6 +59,10 @@ def test_bake_replaces_every_vae_tensor_from_any_layout(files, tmp_path, source)
     assert result.replaced == 248 and result.changed > 0
     meta = check_baked(files, out)
     assert meta["tagtune.baked_vae"] == vae.name
+    weights = vae if vae.is_file() else files["folder"] / "vae/diffusion_pytorch_model.safetensors"
+    hashes = file_hashes(weights)  # the VAE's weights file, whatever layout names it
+    assert meta["tagtune.baked_vae_sha256"] == hashes["sha256"]
+    assert meta["tagtune.baked_vae_autov2"] == hashes["autov2"]
 
 
 def test_baking_in_place_is_refused_even_with_force(files, tmp_path):

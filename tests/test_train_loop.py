@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from tagtune.errors import TrainingError
+from tagtune.latents import vae_fingerprint
 from tagtune.recipe import StageConfig
 from tagtune.train.data import Example
 from tagtune.train.loss import diffusion_loss, training_scheduler
@@ -82,9 +83,11 @@ def test_frozen_encoders_stay_bit_identical_and_run_json_has_the_record(tmp_path
     assert list((ws.runs_dir / "run1" / "main" / "logs").glob("events.out.tfevents.*"))
     run = json.loads((ws.runs_dir / "run1" / "run.json").read_text())
     assert list(run) == [
-        "run", "tagtune_version", "created_at", "updated_at", "recipe", "base_model",
+        "run", "tagtune_version", "created_at", "updated_at", "recipe", "base_model", "vae",
         "stages", "totals", "export",
     ]  # fmt: skip
+    assert run["vae"]["path"] == ""  # the base model's own VAE, by its weights' fingerprint
+    assert run["vae"]["fingerprint"] == vae_fingerprint(tiny_sdxl.vae)
     assert run["run"] == "run1" and run["recipe"] == recipe.model_dump(mode="json")
     assert run["base_model"] == {"path": "tiny-sdxl(seed=0)", "sha256": "", "autov2": ""}
     (st,) = run["stages"]

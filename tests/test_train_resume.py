@@ -19,13 +19,14 @@ from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 MODULES = ("unet", "text_encoder", "text_encoder_2")
 
 
-def _recipe():
+def _recipe(weight_dtype: str = "fp32"):
     # 6 images, batch 2: 3 steps per epoch, 6 steps; states at 2, 3, 4, 6; encoders train too
     recipe = tiny_train_recipe(
         epochs=2, batch_size=2, shuffle_captions=True, noise_offset=0.05, min_snr_gamma=5.0
     )
     recipe.train.save_every_n_steps = 2
     recipe.train.keep_last = 2
+    recipe.train.weight_dtype = weight_dtype  # bf16: stochastic rounding draws keyed bits
     return recipe
 
 
@@ -42,11 +43,14 @@ def _stage_seconds(ws_root) -> float:
 
 
 @pytest.mark.slow
-def test_sigkill_twice_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_sdxl):
+@pytest.mark.parametrize("weight_dtype", ["fp32", "bf16"])
+def test_sigkill_twice_then_resume_is_bit_identical_to_an_uninterrupted_run(
+    tmp_path, tiny_sdxl, weight_dtype
+):
     rng = random.Random(7)
     first = rng.randint(2, 4)
     second = rng.randint(first + 1, 6)
-    ws, _ = make_training_workspace(tmp_path / "killed", _recipe(), n=6)
+    ws, _ = make_training_workspace(tmp_path / "killed", _recipe(weight_dtype), n=6)
     assert _drill(ws.root, first, resume=False) == -9
     killed_after = _stage_seconds(ws.root)
     assert killed_after > 0  # the time up to the last state survives the kill
@@ -54,7 +58,7 @@ def test_sigkill_twice_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_
     assert _drill(ws.root, None, resume=True) == 0
     assert _stage_seconds(ws.root) > killed_after
 
-    ref, lat = make_training_workspace(tmp_path / "ref", _recipe(), n=6)
+    ref, lat = make_training_workspace(tmp_path / "ref", _recipe(weight_dtype), n=6)
     run_training(ref, components=copy.deepcopy(tiny_sdxl), latents=lat, progress=False)
 
     final = "runs/run1/main/states/step-6"
@@ -67,3 +71,7 @@ def test_sigkill_twice_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_
     opt_a = load_file(ws.root / final / "optimizer.safetensors")
     opt_b = load_file(ref.root / final / "optimizer.safetensors")
     assert all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
+    moments = {v.dtype for k, v in opt_a.items() if k.endswith("exp_avg")}
+    assert moments == {torch.float32}  # fp32 moments, also beside bf16 weights
+    weights = {v.dtype for v in load_file(ws.root / final / "unet.safetensors").values()}
+    assert weights == {getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[weight_dtype])}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tagtune.errors import DependencyError
-from tagtune.recipe import Recipe, StageConfig
+from tagtune.recipe import StageConfig
 from tagtune.train.data import (
     Example,
     epoch_batches,
@@ -21,7 +21,6 @@ from tagtune.train.data import (
     transform_caption,
 )
 from tagtune.train.loss import min_snr_weights
-from tagtune.train.memory import estimate_memory
 from tagtune.train.optim import build_optimizer, lr_factor, warmup_steps
 from tagtune.train.runtime import make_runtime
 from tagtune.train.state import (
@@ -259,40 +258,3 @@ def test_adafactor_and_adamw_build_one_group_per_trained_module():
         ("unet", 1e-5),
         ("text_encoder", 2e-6),
     ]
-
-
-def test_memory_estimate_reflects_the_options():
-    r = Recipe()
-    main, fav = r.train.stages
-    m = estimate_memory(main, r.train)
-    assert m.optimizer == pytest.approx((2.567e9 + 0.123e9 + 0.695e9) * 2 / 1024**3)
-    adamw = estimate_memory(main.model_copy(update={"optimizer": "adamw"}), r.train)
-    assert adamw.optimizer == pytest.approx(4 * m.optimizer)
-    assert estimate_memory(fav, r.train).gradients == pytest.approx(2.567e9 * 4 / 1024**3)
-    no_ckpt = r.train.model_copy(update={"gradient_checkpointing": False})
-    assert estimate_memory(main, no_ckpt).activations > m.activations
-
-
-def test_bf16_weights_halve_weights_gradients_and_adamw_states():
-    r = Recipe()
-    st = r.train.stages[0].model_copy(update={"optimizer": "adamw"})
-    full = estimate_memory(st, r.train)
-    half = estimate_memory(st, r.train.model_copy(update={"weight_dtype": "bf16"}))
-    for part in ("weights", "gradients", "optimizer"):
-        assert getattr(half, part) == pytest.approx(getattr(full, part) / 2), part
-
-
-def test_zero2_shards_master_weights_gradients_and_optimizer_states():
-    r = Recipe()
-    st = r.train.stages[0].model_copy(update={"optimizer": "adamw"})
-    trained = 2.567e9 + 0.123e9 + 0.695e9
-    one = estimate_memory(st, r.train, zero_processes=1)
-    four = estimate_memory(st, r.train, zero_processes=4)
-    assert four.optimizer == pytest.approx(one.optimizer / 4)
-    assert four.optimizer == pytest.approx(trained * 8 / 4 / 1024**3)
-    # bf16 weights on the GPU + a quarter of the fp32 master weights
-    assert four.weights == pytest.approx(trained * (2 + 4 / 4) / 1024**3)
-    assert four.gradients == pytest.approx((trained * 2 / 4 + 5e8 * 2) / 1024**3)
-    ddp = estimate_memory(st, r.train)
-    assert four.total < ddp.total - 25  # what makes AdamW fit: ~47 GiB of state shared out
-    assert four.activations == ddp.activations

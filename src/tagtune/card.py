@@ -1,9 +1,9 @@
 """The model card (Markdown), written from the run's own records and nothing typed by hand.
 
-Sources: `WS/runs/<run>/run.json` (recipe as trained, stages, totals, export and its hashes),
-the catalog's `recommended_tags` (from `tags suggest`), and the exported file itself when
-run.json lacks its hashes. The shape follows the reference workflow's card: base model,
-type, steps and epochs, image counts, caption rules, recommended tags, usage tips, the
+Sources: `WS/runs/<run>/run.json` (recipe as trained, VAE, stages, totals, export and its
+hashes), the catalog's `recommended_tags` (from `tags suggest`), and the exported file itself
+when run.json lacks its hashes. The shape follows the reference workflow's card: base model,
+VAE, type, steps and epochs, image counts, caption rules, recommended tags, usage tips, the
 training settings per stage, file hashes (AutoV2 first) and the licence with key points.
 """
 
@@ -42,7 +42,7 @@ LICENCE_POINTS: dict[str, list[str]] = {
 }
 LICENCE_URLS = {"Fair AI Public License 1.0-SD": "https://freedevproject.org/faipl-1.0-sd/"}
 RUN_WIDE = (
-    ("train", ("seed", "mixed_precision", "gradient_checkpointing")),
+    ("train", ("seed", "mixed_precision", "weight_dtype", "gradient_checkpointing")),
     ("model", ("prediction_type",)),
     (
         "buckets",
@@ -232,6 +232,21 @@ def _settings_section(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def _vae_record(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The VAE the exported file carries (its export record), else the one training used."""
+    export = record.get("export") or {}
+    vae = export.get("vae") or record.get("vae")
+    return vae if isinstance(vae, dict) else None
+
+
+def _vae_text(vae: dict[str, Any]) -> str:
+    """`name (AutoV2 ...)` of a baked-in VAE, or that the base model's own VAE is kept."""
+    if not vae.get("path"):
+        return "the base model's own"
+    name = vae.get("name") or Path(vae["path"]).name
+    return name + (f" (AutoV2 `{vae['autov2']}`)" if vae.get("autov2") else "")
+
+
 def render_card(
     record: dict[str, Any],
     recommended: tuple[str, list[str]],
@@ -247,6 +262,7 @@ def render_card(
     base = record.get("base_model") or {}
     base_name = Path(base.get("path", "")).name or "-"
     base_text = base_name + (f" (AutoV2 `{base['autov2']}`)" if base.get("autov2") else "")
+    vae_rows = [["VAE", _vae_text(vae)]] if (vae := _vae_record(record)) is not None else []
     hours = totals.get("seconds", 0) / 3600
     licence = project["license"]
     out = [f"# {project['name']}", ""]
@@ -257,6 +273,7 @@ def render_card(
             ["", ""],
             [
                 ["Base model", base_text],
+                *vae_rows,
                 ["Type", MODEL_TYPE],
                 ["Training steps", totals["steps"]],
                 ["Epochs", totals["epochs"]],

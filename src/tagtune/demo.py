@@ -89,6 +89,7 @@ def demo_recipe(base: str, size: DemoSize = FULL) -> Recipe:
         train=TrainConfig(
             run="demo",
             mixed_precision="no",
+            weight_dtype="fp32",
             gradient_checkpointing=False,
             keep_last=2,
             sample_every_n_epochs=0,

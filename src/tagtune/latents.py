@@ -146,15 +146,20 @@ class PrepareResult:
 
 
 def vae_fingerprint(vae: Any) -> str:
-    """sha256 over the VAE's state dict: every name, shape, dtype and the raw bytes.
+    """sha256 over the VAE's weights: every name, shape and value, floats as fp32 bytes.
 
-    Any change to the weights (a baked fixed VAE, another precision) gives another hash, so
-    latents of one VAE are never served for another.
+    Any change to a weight's value (a baked fixed VAE, weights rounded to another precision)
+    gives another hash, so latents of one VAE are never served for another. The dtype the
+    weights are held in does not count: an fp16 VAE file loaded into fp32 modules, or the
+    same values held in bf16, hash alike (and as tagtune's earlier fp32-only hash did).
     """
     h = hashlib.sha256()
     for name, tensor in sorted(vae.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous().reshape(-1)
-        h.update(f"{name}|{tuple(tensor.shape)}|{str(tensor.dtype)}\n".encode())
+        t = tensor.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(torch.float32)
+        t = t.contiguous().reshape(-1)
+        h.update(f"{name}|{tuple(tensor.shape)}|{str(t.dtype)}\n".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 

@@ -1,8 +1,8 @@
 """`tagtune prepare WS`: bucket every included image and fill the latent cache.
 
 - `plan_workspace(ws)`: the bucket table and per-stage step counts from catalog sizes alone.
-- `prepare_workspace(ws)`: encode every included image of every stage's subset with the base
-  model's VAE (recipe `model.base`, or `model.vae` when set: the VAE that training bakes in).
+- `prepare_workspace(ws)`: encode every included image of every stage's subset with the
+  recipe's VAE (`model.base`'s, or `model.vae` baked in when set: what training and export use).
   Under `accelerate launch` each process encodes its own share (rank r: items i % world == r).
   Unreadable images go to the catalog's problems table with stage 'prepare'.
 - `bucket_chart(counts, out)`: a histogram of images per bucket (PNG, written atomically).
@@ -122,37 +122,12 @@ def _require_base(ws: Workspace) -> None:
 
 
 def load_recipe_vae(ws: Workspace) -> Any:
-    """The VAE that training will use: the base model's (`model.base`), with the weights of
-    `model.vae` put in when that is set (the VAE the trainer bakes in)."""
-    recipe = ws.recipe()
+    """The VAE that training will use: the recipe's model (`load_recipe_model`: the base with
+    `model.vae` baked in when set), so the latent cache is keyed by the VAE training finds."""
     _require_base(ws)
-    from tagtune.models.load import load_model
+    from tagtune.models.recipe_model import load_recipe_model
 
-    vae = load_model(ws.resolve(recipe.model.base)).vae.eval()
-    if recipe.model.vae:
-        replace_vae_weights(vae, ws.resolve(recipe.model.vae))
-    return vae
-
-
-def replace_vae_weights(vae: Any, source: Path) -> Any:
-    """Load another VAE's weights (diffusers folder, single-file VAE, or a checkpoint holding
-    `first_stage_model.*`) into `vae` in place; a VAE of another shape is a ModelFileError."""
-    from diffusers.loaders import single_file_utils as sfu
-
-    from tagtune.errors import ModelFileError
-    from tagtune.models.vae_bake import read_vae
-
-    ldm = {f"first_stage_model.{k}": v for k, v in read_vae(source).items()}
-    state = sfu.convert_ldm_vae_checkpoint(ldm, dict(vae.config))
-    try:
-        vae.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelFileError(
-            f"does not fit the base model's VAE: {str(exc).splitlines()[0]}",
-            file=source,
-            field="model.vae",
-        ) from None
-    return vae
+    return load_recipe_model(ws, tokenizers=False).vae.eval()
 
 
 def _record_problems(ws: Workspace, post_ids: Sequence[int], problems: Sequence[Problem]) -> None:

@@ -346,9 +346,10 @@ class TrainConfig(Strict):
     """bf16/fp16 need a CUDA GPU; "no" trains in fp32 (CPU)."""
     gradient_checkpointing: bool = True
     """Trade compute for memory in the U-Net and text encoders."""
-    weight_dtype: Literal["fp32", "bf16"] = "fp32"
-    """Dtype of the model weights while training: bf16 halves weights, gradients and AdamW states
-    (the 24 GB-card setting, with adamw8bit and gradient_checkpointing); fp32 is exact."""
+    weight_dtype: Literal["fp32", "bf16"] = "bf16"
+    """Dtype of the model weights while training: bf16 halves weights and gradients (the 24 GB-card
+    setting, with adamw8bit and gradient_checkpointing; updates are rounded stochastically so small
+    learning rates still move the weights); fp32 is exact and needs about 32 GiB for stage main."""
     fused_backward: bool = False
     """Adafactor only: step each parameter inside the backward pass so whole-model gradients are
     never held (24 GB cards); needs gradient_accumulation 1 and one process; clipping is per tensor."""

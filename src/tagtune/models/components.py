@@ -12,7 +12,9 @@ VAE_SCALING_FACTOR = 0.13025
 class SDXLComponents:
     """U-Net, VAE, both text encoders, their tokenizers and the noise scheduler config.
 
-    `source` names where the weights came from (file or folder), for records and errors.
+    `source` names where the weights came from (file or folder), for records and errors;
+    `vae_source` (a `tagtune.models.recipe_model.VaeSource`, set by `load_recipe_model`)
+    names the VAE baked in and the fingerprint that keys its latent cache.
     """
 
     unet: Any
@@ -23,6 +25,7 @@ class SDXLComponents:
     tokenizer_2: Any
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    vae_source: Any = None
 
     def modules(self) -> dict[str, Any]:
         """The four weight-carrying modules by their diffusers folder name."""

@@ -255,7 +255,8 @@ def resolve_tokenizers(tokenizers: Any = None, folder: Path | None = None) -> tu
     )
 
 
-def _weights_file(sub: Path) -> Path:
+def weights_file(sub: Path) -> Path:
+    """The weights file of a diffusers component folder (unsharded), or a ModelFileError."""
     for name in WEIGHT_NAMES:
         if (sub / name).is_file():
             return sub / name
@@ -277,7 +278,7 @@ def read_folder_component(sub: Path) -> dict[str, torch.Tensor]:
             for shard in shards:
                 state.update(load_tensors(sub / shard)[0])
             return state
-    return read_checkpoint(_weights_file(sub))[0]
+    return read_checkpoint(weights_file(sub))[0]
 
 
 def _index_shards(index: Path) -> list[str]:

@@ -54,3 +54,18 @@ def modelspec_metadata(
     for key, value in (extra or {}).items():
         meta[str(key)] = str(value)
     return meta
+
+
+BAKED_VAE_KEY = "tagtune.baked_vae"
+
+
+def vae_metadata(name: str, sha256: str = "", autov2: str = "") -> dict[str, str]:
+    """Header keys naming the VAE a checkpoint carries: `tagtune.baked_vae` (file or folder
+    name) and, when known, `tagtune.baked_vae_sha256` / `tagtune.baked_vae_autov2` of its
+    weights file. ModelSpec has no VAE key; these sit beside the `modelspec.*` keys."""
+    meta = {BAKED_VAE_KEY: name}
+    if sha256:
+        meta[BAKED_VAE_KEY + "_sha256"] = sha256
+    if autov2:
+        meta[BAKED_VAE_KEY + "_autov2"] = autov2
+    return meta

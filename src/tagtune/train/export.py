@@ -1,4 +1,5 @@
-"""Final single-file export: base model + every finished stage's weights -> one SDXL safetensors.
+"""Final single-file export: the recipe's model + every finished stage's weights -> one SDXL
+safetensors, carrying the recipe's VAE (`model.vae`) when one is set.
 
 The header carries ModelSpec metadata plus `tagtune.recipe` (the recipe as JSON),
 `tagtune.training` (stages, steps, epochs, images) and `tagtune.tag_frequency` (top caption
@@ -82,8 +83,10 @@ def export_components(
     dtype: str = "fp16",
     extra: dict[str, str] | None = None,
 ) -> Path:
-    """Write the components as one SDXL single file with ModelSpec + tagtune metadata."""
+    """Write the components as one SDXL single file with ModelSpec + tagtune metadata
+    (`tagtune.baked_vae*` name the recipe's VAE when one was baked in)."""
     from tagtune.models.modelspec import modelspec_metadata
+    from tagtune.models.recipe_model import vae_source_of
     from tagtune.models.save import save_single_file
 
     meta = modelspec_metadata(
@@ -93,7 +96,11 @@ def export_components(
         license=recipe.project.license,
         resolution="{}x{}".format(*recipe.export.resolution),
         prediction_type=recipe.model.prediction_type,
-        extra={"tagtune.recipe": json.dumps(recipe.model_dump(mode="json")), **(extra or {})},
+        extra={
+            "tagtune.recipe": json.dumps(recipe.model_dump(mode="json")),
+            **vae_source_of(components).metadata(),
+            **(extra or {}),
+        },
     )
     return Path(save_single_file(components, out, dtype=dtype, metadata=meta))
 
@@ -111,9 +118,12 @@ def export_model(
 
     Every stage up to it must still have its final state (a TrainingError names the stage and
     the folder otherwise: never the base weights in their place). An existing output is
-    replaced only with `force`; the base model and the other inputs never are.
+    replaced only with `force`; the base model and the other inputs never are. The model is
+    the recipe's (`load_recipe_model`: `model.vae` baked in), so the file carries the VAE the
+    latents were made with; run.json's export record names it.
     """
     from tagtune.hashes import file_hashes
+    from tagtune.models.recipe_model import vae_source_of
     from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
 
     recipe = ws.recipe()
@@ -152,6 +162,7 @@ def export_model(
         shown = path.resolve().relative_to(ws.root.resolve()).as_posix()
     except ValueError:
         shown = str(path)
-    record["export"] = {"path": shown, "hashes": hashes}
+    vae = vae_source_of(components).to_json()
+    record["export"] = {"path": shown, "hashes": hashes, "vae": vae}
     rec.write_run(run_dir, record)
     return ExportResult(path, target, hashes)

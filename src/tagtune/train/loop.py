@@ -1,8 +1,9 @@
 """The training loop of one stage: read `train_stage` top to bottom.
 
-Everything random in a step is drawn from generators keyed by (seed, stage, step, sample), and
-the data order from (seed, stage, epoch), so a resumed run repeats exactly what the
-uninterrupted run would have done.
+Everything random in a step is drawn from generators keyed by (seed, stage, step, sample), the
+stochastic rounding of bf16 weights from (seed, stage, step, chunk), and the data order from
+(seed, stage, epoch), so a resumed run repeats exactly what the uninterrupted run would have
+done.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tagtune.train.optim import (
     trainable_modules,
     warmup_steps,
 )
+from tagtune.train.rounding import LOW_PRECISION, RoundedSteps
 from tagtune.train.runtime import Runtime
 from tagtune.train.state import load_state, prune_states, rng_snapshot, save_state, state_meta
 from tagtune.train.te_cache import Encoder
@@ -89,6 +91,10 @@ def train_stage(job: StageJob) -> StageResult:
     optimizer = build_optimizer(trained, stage, rt.device)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     fused = fused_backward(cfg, stage, rt)
+    # bf16 weights (outside ZeRO, which steps fp32 master weights) are stepped in fp32 and
+    # rounded stochastically, so updates far below a bf16 ulp still move them
+    low = not rt.deepspeed and any(p.dtype in LOW_PRECISION for p in params)
+    rounding = RoundedSteps(optimizer, cfg.seed, job.stage_index) if low else None
     # Under a DeepSpeed launch, a ZeRO-2 engine shards gradients and optimizer state
     zero = (
         start_engine(trained, optimizer, stage, cfg.mixed_precision, rt) if rt.deepspeed else None
@@ -105,7 +111,9 @@ def train_stage(job: StageJob) -> StageResult:
     if job.resume_from is not None:
         zero_world = rt.world_size if zero is not None else None
         check_zero_state(state_meta(job.resume_from), zero_world, job.resume_from)
-        meta = load_state(job.resume_from, trained, None if zero else optimizer, rt.rank)
+        meta = load_state(
+            job.resume_from, trained, None if zero else (rounding or optimizer), rt.rank
+        )
         check_resumable(meta, per_epoch, job.resume_from, job.stage, cfg.seed)
         if zero is not None:
             zero.load_shard(job.resume_from, rt.rank)
@@ -113,7 +121,7 @@ def train_stage(job: StageJob) -> StageResult:
         epoch_loss = list(meta["epoch_losses"])
         if scaler is not None and meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
-    hooks = attach_fused_step(optimizer, stage.max_grad_norm) if fused else []
+    hooks = attach_fused_step(optimizer, stage.max_grad_norm, rounding) if fused else []
     monitor.start(stage.name, total, step)
     for epoch in range(step // per_epoch, stage.epochs):
         batches = epoch_batches(
@@ -126,6 +134,8 @@ def train_stage(job: StageJob) -> StageResult:
             lrs = set_lr(
                 optimizer, lr_factor(stage.scheduler, step, total, warmup, stage.scheduler_cycles)
             )
+            if rounding is not None:  # keys this step's rounding bits
+                rounding.step_number = step
             # Forward and backward per micro-batch; losses are sums over the global batch
             loss = 0.0
             for m, batch in enumerate(steps[i]):
@@ -144,7 +154,7 @@ def train_stage(job: StageJob) -> StageResult:
             if zero is not None:
                 zero.step()
             elif not fused:
-                optimizer_step(optimizer, params, scaler, stage.max_grad_norm)
+                optimizer_step(optimizer, params, scaler, stage.max_grad_norm, rounding)
             step += 1
             epoch_loss.append(loss)
             monitor.step(step, epoch + 1, loss, lrs, sum(len(b) for b in steps[i]))
@@ -232,18 +242,26 @@ def forward_backward(
 
 
 def optimizer_step(
-    optimizer: torch.optim.Optimizer, params: list[Any], scaler: Any, max_grad_norm: float
+    optimizer: torch.optim.Optimizer,
+    params: list[Any],
+    scaler: Any,
+    max_grad_norm: float,
+    rounding: RoundedSteps | None = None,
 ) -> None:
-    """Unscale (fp16), clip the global gradient norm, step, and clear the gradients."""
+    """Unscale (fp16), clip the global gradient norm, step, and clear the gradients.
+
+    With bf16 weights `rounding` takes the step (in fp32, rounded stochastically).
+    """
+    stepper: Any = rounding if rounding is not None else optimizer
     if scaler is not None:
-        scaler.unscale_(optimizer)
+        scaler.unscale_(stepper)
     if max_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     if scaler is not None:
-        scaler.step(optimizer)
+        scaler.step(stepper)
         scaler.update()
     else:
-        optimizer.step()
+        stepper.step()
     optimizer.zero_grad(set_to_none=True)
 
 

@@ -150,27 +150,36 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> dict[str, float]:
 # --- fused backward pass (Adafactor) ------------------------------------------------------
 
 
-def attach_fused_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> list[Any]:
+def attach_fused_step(
+    optimizer: torch.optim.Optimizer, max_grad_norm: float, rounding: Any = None
+) -> list[Any]:
     """Step each parameter as soon as its gradient is ready, then drop the gradient.
 
     The optimizer runs on a one-parameter view of the parameter's group (same state, same
-    lr), so whole-model gradients are never held at once. Clipping is per tensor here.
-    Returns the hook handles (call `.remove()` on each when done).
+    lr), so whole-model gradients are never held at once. Clipping is per tensor here. With
+    bf16 weights, `rounding` (a `tagtune.train.rounding.RoundedSteps`) takes the step in fp32
+    and rounds it stochastically into the weight. Returns the hook handles (call `.remove()`
+    on each when done).
     """
     handles = []
+    index = 0
     for group in optimizer.param_groups:
         for p in group["params"]:
 
-            def hook(param: torch.Tensor, group: dict[str, Any] = group) -> None:
+            def hook(param: torch.Tensor, group: dict = group, index: int = index) -> None:
                 if max_grad_norm:
                     torch.nn.utils.clip_grad_norm_([param], max_grad_norm)
-                groups = optimizer.param_groups
-                optimizer.param_groups = [{**group, "params": [param]}]
-                try:
-                    optimizer.step()
-                finally:
-                    optimizer.param_groups = groups
+                if rounding is not None:
+                    rounding.step_parameter(group, param, index)
+                else:
+                    groups = optimizer.param_groups
+                    optimizer.param_groups = [{**group, "params": [param]}]
+                    try:
+                        optimizer.step()
+                    finally:
+                        optimizer.param_groups = groups
                 param.grad = None
 
             handles.append(p.register_post_accumulate_grad_hook(hook))
+            index += 1
     return handles

@@ -2,10 +2,11 @@
 
 Shape (read by the model-card writer; keep it stable):
 {"run", "tagtune_version", "created_at", "updated_at", "recipe", "base_model": {path, sha256, autov2},
+ "vae": {path ("" = the base's own), name, sha256, autov2, fingerprint},
  "stages": [{name, status, subset, images, repeats, epochs, batch_size, gradient_accumulation,
    steps_per_epoch, steps, warmup_steps, started_at, finished_at, seconds, final_loss, settings,
    inputs: {captions_sha256, latents_vae}, final_state}],
- "totals": {epochs, steps, images, seconds}, "export": {path, hashes}}
+ "totals": {epochs, steps, images, seconds}, "export": {path, hashes, vae}}
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def new_run(run: str, recipe: Recipe, base_model: dict[str, str]) -> dict[str, Any]:
-    """A fresh run record with no stages yet."""
+def new_run(
+    run: str, recipe: Recipe, base_model: dict[str, str], vae: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A fresh run record with no stages yet; `vae` names the VAE the latents come from."""
     stamp = now()
     return {
         "run": run,
@@ -52,6 +55,7 @@ def new_run(run: str, recipe: Recipe, base_model: dict[str, str]) -> dict[str, A
         "updated_at": stamp,
         "recipe": recipe.model_dump(mode="json"),
         "base_model": base_model,
+        "vae": vae,
         "stages": [],
         "totals": {"epochs": 0, "steps": 0, "images": 0, "seconds": 0.0},
         "export": None,

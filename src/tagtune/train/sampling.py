@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,35 +31,61 @@ def sample_images(
     the device the U-Net is on), so a sample and `tagtune generate` with the same prompt,
     seed and settings condition the prompt identically (emphasis, long prompts).
     """
-    from tagtune.generate import build_pipeline, prompt_embeddings, render
-    from tagtune.infotext import Infotext, write_png
+    from tagtune.generate import build_pipeline
+    from tagtune.infotext import write_png
 
-    pipe = build_pipeline(components, SAMPLER, device=str(components.unet.device))
-    width, height = cfg.sample_size
     base_seed = cfg.seed if seed is None else seed
     paths, images = [], []
-    for i, prompt in enumerate(cfg.sample_prompts):
-        with mixed_dtype_autocast(components):
-            embeddings = prompt_embeddings(components, prompt, cfg.sample_negative)
-            image = render(
-                pipe, embeddings, base_seed + i, cfg.sample_steps, CFG_SCALE, width, height
-            )
-        info = Infotext(
-            prompt=prompt,
-            negative=cfg.sample_negative,
-            steps=cfg.sample_steps,
-            sampler=SAMPLER,
-            cfg=CFG_SCALE,
-            seed=base_seed + i,
-            width=width,
-            height=height,
-            model=label,
-        )
-        paths.append(write_png(image, out_dir / f"{i:02d}.png", info))
-        images.append(image)
+    with vae_beside_unet(components):
+        pipe = build_pipeline(components, SAMPLER, device=str(components.unet.device))
+        for i, prompt in enumerate(cfg.sample_prompts):
+            info, image = _sample_one(components, cfg, pipe, prompt, base_seed + i, label)
+            paths.append(write_png(image, out_dir / f"{i:02d}.png", info))
+            images.append(image)
     if images:
         paths.append(save_grid(images, out_dir / "grid.png"))
     return paths
+
+
+def _sample_one(
+    components: Any, cfg: TrainConfig, pipe: Any, prompt: str, seed: int, label: str
+) -> tuple[Any, Any]:
+    """(infotext, image) of one sample."""
+    from tagtune.generate import prompt_embeddings, render
+    from tagtune.infotext import Infotext
+
+    width, height = cfg.sample_size
+    with mixed_dtype_autocast(components):
+        embeddings = prompt_embeddings(components, prompt, cfg.sample_negative)
+        image = render(pipe, embeddings, seed, cfg.sample_steps, CFG_SCALE, width, height)
+    info = Infotext(
+        prompt=prompt,
+        negative=cfg.sample_negative,
+        steps=cfg.sample_steps,
+        sampler=SAMPLER,
+        cfg=CFG_SCALE,
+        seed=seed,
+        width=width,
+        height=height,
+        model=label,
+    )
+    return info, image
+
+
+@contextlib.contextmanager
+def vae_beside_unet(components: Any) -> Iterator[None]:
+    """Lend the VAE to the U-Net's device while sampling, then put it back where it was.
+
+    Training keeps the VAE on the CPU (latents are cached), so it takes GPU memory only
+    while samples are decoded.
+    """
+    vae = components.vae
+    home = next(vae.parameters()).device
+    vae.to(components.unet.device)
+    try:
+        yield
+    finally:
+        vae.to(home)
 
 
 def mixed_dtype_autocast(components: Any) -> contextlib.AbstractContextManager:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from tagtune.catalog import check_subset, open_catalog
-from tagtune.errors import TrainingError, WorkspaceError
+from tagtune.errors import TrainingError
+from tagtune.models.recipe_model import vae_source_of
 from tagtune.recipe import Recipe, StageConfig
 from tagtune.subset_sql import stage_field
 from tagtune.train import records as rec
@@ -94,23 +95,29 @@ def base_model_info(ws: Workspace, recipe: Recipe, components: Any) -> dict[str,
 
 
 def load_base(ws: Workspace, recipe: Recipe) -> Any:
-    """The recipe's base model (single file or diffusers folder)."""
-    if not recipe.model.base:
-        raise WorkspaceError(
-            "no base model in the recipe", file=ws.recipe_path, field="model.base",
-            hint="set model.base to an SDXL .safetensors file or diffusers folder",
-        )  # fmt: skip
-    from tagtune.models.load import load_model
+    """The recipe's model: base, `model.vae` baked in, tokenizers (see `load_recipe_model`)."""
+    from tagtune.models.recipe_model import load_recipe_model
 
-    tokenizers = str(ws.resolve(recipe.model.tokenizers)) if recipe.model.tokenizers else None
-    return load_model(ws.resolve(recipe.model.base), tokenizers=tokenizers)
+    return load_recipe_model(ws, recipe)
 
 
-def open_latents(ws: Workspace, components: Any) -> Any:
-    """The workspace's latent cache for this model's VAE."""
-    from tagtune.latents import open_latent_cache, vae_fingerprint
+def open_latents(ws: Workspace, vae_hash: str) -> Any:
+    """The workspace's latent cache for the VAE with this fingerprint."""
+    from tagtune.latents import open_latent_cache
 
-    return open_latent_cache(ws.cache_dir, vae_fingerprint(components.vae))
+    return open_latent_cache(ws.cache_dir, vae_hash)
+
+
+def place_modules(components: Any, device: torch.device, weight_dtype: str) -> None:
+    """Frozen, eval-mode modules for training: U-Net and encoders on `device` in the weight
+    dtype; the VAE stays where it is, in fp32 (latents are cached; samples borrow it)."""
+    for name, module in components.modules().items():
+        module.requires_grad_(False).eval()
+        if name == "vae":
+            continue
+        module.to(device)
+        if weight_dtype == "bf16":
+            module.to(torch.bfloat16)
 
 
 def final_state_path(ws: Workspace, entry: dict[str, Any]) -> Path:
@@ -163,8 +170,9 @@ def run_training(
 ) -> TrainSummary:
     """Run the pending stages of the workspace's recipe (or one), resuming when asked.
 
-    `components` and `latents` default to the recipe's base model and the workspace's latent
-    cache; tests pass a tiny model and in-memory latents.
+    `components` and `latents` default to the recipe's model (`load_recipe_model`: base with
+    `model.vae` baked in) and the workspace's latent cache for that VAE; tests pass a tiny
+    model and in-memory latents. run.json's `vae` names the VAE the latents come from.
     """
     from tagtune.train.loop import StageJob, train_stage
     from tagtune.train.monitor import Monitor
@@ -181,14 +189,13 @@ def run_training(
             final_state_path(ws, entry)
     runtime = make_runtime(cfg.mixed_precision)
     components = components if components is not None else load_base(ws, recipe)
-    for module in components.modules().values():
-        module.to(runtime.device).requires_grad_(False).eval()
-        if cfg.weight_dtype == "bf16":
-            module.to(torch.bfloat16)
+    vae = vae_source_of(components)  # fingerprinted before anything moves or is cast
+    place_modules(components, runtime.device, cfg.weight_dtype)
     run_dir = ws.runs_dir / cfg.run
     record = rec.read_run(run_dir) or rec.new_run(
-        cfg.run, recipe, base_model_info(ws, recipe, components)
+        cfg.run, recipe, base_model_info(ws, recipe, components), vae.to_json()
     )
+    record["vae"] = vae.to_json()  # the recipe's VAE now, also in a record from before
     order = [s.name for s in cfg.stages]
     summary = TrainSummary(run_dir)
     for index, st in enumerate(cfg.stages):
@@ -220,7 +227,7 @@ def run_training(
             summary.notes.append(f"stage {st.name!r}: resuming from {resume_from.name}")
         elif resume:
             summary.notes.append(f"stage {st.name!r}: no resumable state, starting at step 0")
-        latents = latents if latents is not None else open_latents(ws, components)
+        latents = latents if latents is not None else open_latents(ws, vae.fingerprint)
         examples, missing = load_examples(ws, st, latents, recipe.buckets.flip)
         if missing:
             summary.notes.append(

@@ -73,9 +73,10 @@ class InMemoryLatents:
 
 
 def tiny_train_recipe(**stage_overrides) -> Recipe:
-    """A recipe for the tiny model on CPU: one 2-epoch adamw stage, 64 px, no checkpointing."""
+    """A recipe for the tiny model on CPU: one 2-epoch adamw stage, 64 px, fp32, no checkpointing."""
     recipe = Recipe()
     recipe.train.mixed_precision = "no"
+    recipe.train.weight_dtype = "fp32"
     recipe.train.gradient_checkpointing = False
     stage = {
         "name": "main",
