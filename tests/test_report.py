@@ -116,7 +116,15 @@ def _hostile_workspace(root: Path):
     run = ws.runs_dir / "<b>run<b>"
     run.mkdir(parents=True)
     (run / "run.json").write_text(
-        json.dumps({"stages": [{"name": HOSTILE_IMG, "status": "failed", "subset": HOSTILE}]})
+        json.dumps(
+            {
+                "stages": [
+                    {"name": HOSTILE_IMG, "status": "failed", "subset": HOSTILE},
+                    {"name": "edited", "status": "running", "steps": "many", "epochs": None},
+                ],
+                "totals": [],
+            }
+        )
     )
     return ws
 
@@ -131,6 +139,7 @@ def test_tags_paths_captions_and_card_text_are_escaped(tmp_path):
         "/data/&lt;script&gt;document.title=&#39;pwned&#39;&lt;/script&gt;.png",  # problem path
         "&lt;script&gt;document.title=&#39;pwned&#39;&lt;/script&gt;, smile",  # caption
         "run &lt;b&gt;run&lt;b&gt;",  # run folder name
+        'stage edited <span class="status unreadable">',  # a hand-edited entry: no crash
     ):
         assert shown in html
     card = html.split('class="card-md"')[1]  # the model card's raw HTML is shown as text

@@ -47,10 +47,10 @@ class Assets:
                 tmp.write_bytes(svg)
         return self._url(name)
 
-    def image(self, prefix: str, key: str, make: Callable[[], Any]) -> str | None:
+    def image(self, prefix: str, key: str, make: Callable[[], Any], label: str = "") -> str | None:
         """Store the PIL image `make()` returns as a JPEG named after `key` (its source file,
         modification time and what is drawn); reused when it exists. None when the source
-        image cannot be read (noted in `failed`)."""
+        image cannot be read (noted in `failed` as `label` and why)."""
         name = f"{prefix}-{_digest(key)}.jpg"
         path = self.folder / name
         if not path.is_file():
@@ -60,9 +60,8 @@ class Assets:
                 image = make()
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 # an unreadable, truncated, vanished or absurdly large source: no thumbnail
-                self.failed.append(
-                    (key, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                )
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.failed.append((label or key, why))
                 return None
             with atomic_path(path) as tmp:
                 image.convert("RGB").save(tmp, format="JPEG", quality=THUMB_QUALITY, optimize=True)

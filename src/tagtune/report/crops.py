@@ -101,7 +101,10 @@ def _thumbs(con, ws: Workspace, assets: Assets, records: list) -> list[Thumb]:
             stamp = 0
         key = f"{path}|{stamp}|{r.bucket}|{r.crop_top_left}|{THUMB_SIDE}"
         url = assets.image(
-            "crop", key, lambda p=path, r=r: crop_thumbnail(p, r.bucket, r.crop_top_left)
+            "crop",
+            key,
+            lambda p=path, r=r: crop_thumbnail(p, r.bucket, r.crop_top_left),
+            label=f"post {r.post_id} ({path})",
         )
         h, w = r.original_size
         top, left = r.crop_top_left

@@ -71,6 +71,11 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def count(value: Any) -> str:
+    """A whole number with thousands separators; anything else as it is."""
+    return f"{value:,}" if isinstance(value, int) else str(value if value is not None else "")
+
+
 def _points(scalars: dict[str, list[tuple]], tag: str) -> list[tuple[int, float]]:
     return [(int(s), float(v)) for s, v, _ in scalars.get(tag, [])]
 
@@ -111,7 +116,8 @@ def _samples(stage_dir: Path, assets: Assets) -> list[tuple[str, str | None]]:
     for epoch, folder in folders:
         grid = folder / "grid.png"
         key = f"{grid}|{grid.stat().st_mtime_ns}|{GRID_SIDE}"
-        out.append((f"epoch {epoch}", assets.image("grid", key, lambda g=grid: _shrunk(g))))
+        url = assets.image("grid", key, lambda g=grid: _shrunk(g), label=str(grid))
+        out.append((f"epoch {epoch}", url))
     return out
 
 
@@ -142,7 +148,7 @@ def stage_view(run_dir: Path, entry: dict[str, Any], assets: Assets) -> StageVie
     resumes = [r for r in entry.get("resumes") or [] if isinstance(r, dict) and "step" in r]
     view.facts = [
         ("subset", str(entry.get("subset", ""))),
-        ("images", f"{entry.get('images', 0):,}"),
+        ("images", count(entry.get("images"))),
         ("epochs", str(entry.get("epochs", ""))),
         ("batch size", str(entry.get("batch_size", ""))),
         ("steps", f"{done:,} of {total:,}"),
@@ -186,21 +192,28 @@ def run_view(run_dir: Path, assets: Assets) -> RunView:
     view = RunView(name=run_dir.name)
     try:
         record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-        stages = list(record["stages"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not isinstance(record, dict) or not isinstance(record.get("stages"), list):
+            raise ValueError("no list of stages")
+        stages = record["stages"]
+    except (OSError, ValueError) as exc:
         view.problem = f"run.json unreadable: {exc}"
         return view
-    totals = record.get("totals") or {}
+    totals = record.get("totals") if isinstance(record.get("totals"), dict) else {}
     view.facts = [
         ("created", str(record.get("created_at", ""))),
         ("updated", str(record.get("updated_at", ""))),
         ("base model", str((record.get("base_model") or {}).get("path", ""))),
-        ("steps (complete stages)", f"{totals.get('steps', 0):,}"),
+        ("steps (complete stages)", count(totals.get("steps"))),
         ("time (complete stages)", duration(totals.get("seconds"))),
     ]
     for entry in stages:
-        if isinstance(entry, dict):
+        if not isinstance(entry, dict):
+            continue
+        try:
             view.stages.append(stage_view(run_dir, entry, assets))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-edited entry
+            problem = [("problem", f"stage entry unreadable: {type(exc).__name__}: {exc}")]
+            view.stages.append(StageView(str(entry.get("name")), "unreadable", problem))
     recorded = {s.name for s in view.stages}
     planned = ((record.get("recipe") or {}).get("train") or {}).get("stages") or []
     for st in planned:
