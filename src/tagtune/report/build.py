@@ -95,9 +95,11 @@ def _catalog(ws: Workspace):
     if not ws.catalog_path.is_file():
         return None, "no catalog yet: run `tagtune ingest WS SOURCE`"
     try:
-        return connect(ws.catalog_path, read_only=True), ""
+        con = connect(ws.catalog_path, read_only=True)
     except TagtuneError as exc:
         return None, f"catalog not readable now ({exc.message()}); the next rewrite tries again"
+    con.execute("SET enable_progress_bar = false")  # DuckDB's bar would land in --json output
+    return con, ""
 
 
 def write_report(

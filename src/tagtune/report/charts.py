@@ -27,6 +27,15 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=96, layout="constrained")
 
 
+def short_number(value: float) -> str:
+    """A bar's label that stays narrow: 950, 9,999, 55.6k, 1.2M."""
+    if abs(value) < 10_000:
+        return f"{value:,.0f}"
+    if abs(value) < 1_000_000:
+        return f"{value / 1000:.1f}k"
+    return f"{value / 1_000_000:.1f}M"
+
+
 def _rc():
     import matplotlib
 
@@ -57,7 +66,7 @@ def bar_chart(
         fig = _figure(max(width, 0.3 * len(labels) + 1.2), 2.8)
         ax = fig.add_subplot()
         bars = ax.bar(range(len(labels)), list(values), color=color)
-        ax.bar_label(bars, fontsize=7, fmt="{:,.0f}")
+        ax.bar_label(bars, labels=[short_number(v) for v in values], fontsize=7)
         rotate = len(labels) > 8 or max((len(s) for s in labels), default=0) > 8
         ax.set_xticks(
             range(len(labels)),
