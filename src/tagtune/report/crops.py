@@ -169,7 +169,7 @@ def buckets_section(
         svg = charts.bar_chart(
             [b for b, _, _ in section.buckets],
             [n for _, n, _ in section.buckets],
-            "images per bucket (width x height, tallest to widest)",
+            "images per bucket (width x height)",
             ylabel="images",
         )
         section.chart = assets.chart(svg)
