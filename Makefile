@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OPEN_CLIP_WHEEL := open-clip-torch==3.3.0
 STAMP := $(VENV)/.tagtune-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup browser demo test lint bench screenshot clean
 
 setup: $(STAMP)
 
@@ -21,10 +21,18 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: $(OPEN_CLIP_WHEEL) -d $(VENV)/share/tagtune/wheels
 	touch $(STAMP)
 
+# Chromium for the report's browser test: installed only when missing; never fails the build.
+browser:
+	@sh scripts/install-chromium.sh
+
 demo: setup
 	$(BIN)/tagtune demo demo-workspace
 
-test: setup
+# docs/report.png, the README's screenshot of the report of `make demo`'s workspace
+screenshot: setup browser
+	$(BIN)/python scripts/readme_screenshot.py --demo demo-workspace --out docs/report.png
+
+test: setup browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

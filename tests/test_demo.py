@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
-from typer.testing import CliRunner
-
-from tagtune.cli.main import app
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path):
-    result = CliRunner().invoke(app, ["demo", str(tmp_path / "demo"), "--quick", "--json"])
+def test_demo_runs_the_whole_pipeline(quick_demo):
+    result, out = quick_demo
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output.strip().splitlines()[-1])
-    paths = {k: tmp_path.joinpath(v) for k, v in out["paths"].items()}
-    for name in ("catalog", "captions", "model", "model card", "grid"):
+    paths = {k: Path(v) for k, v in out["paths"].items()}
+    for name in ("catalog", "captions", "model", "model card", "grid", "report"):
         assert paths[name].is_file(), name
 
     facts = out["facts"]

@@ -57,9 +57,21 @@ def test_sigkill_twice_then_resume_is_bit_identical_to_an_uninterrupted_run(
     assert _drill(ws.root, second, resume=True) == -9
     assert _drill(ws.root, None, resume=True) == 0
     assert _stage_seconds(ws.root) > killed_after
+    # run.json records each resume: from the newest state before each kill (states at 2, 3,
+    # 4 and 6: every 2 steps and each epoch's end; a kill at step k comes before k's state)
+    stage = json.loads((ws.root / "runs/run1/run.json").read_text())["stages"][0]
+    resumed = [max(s for s in (2, 3, 4, 6) if s < kill) for kill in (first, second)]
+    assert [r["step"] for r in stage["resumes"]] == resumed
+    # and the report's loss curve has each step once: what a killed run logged after its
+    # last state is dropped in favour of the resumed run's values
+    from tagtune.report.runs import read_scalars
+
+    steps = [s for s, _, _ in read_scalars(ws.root / "runs/run1/main/logs")["loss"]]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
     ref, lat = make_training_workspace(tmp_path / "ref", _recipe(weight_dtype), n=6)
     run_training(ref, components=copy.deepcopy(tiny_sdxl), latents=lat, progress=False)
+    assert "resumes" not in json.loads((ref.root / "runs/run1/run.json").read_text())["stages"][0]
 
     final = "runs/run1/main/states/step-6"
     for name in MODULES:

@@ -3,7 +3,7 @@
 It writes a Danbooru-style collection (small images of coloured shapes with harmless tags,
 gallery-dl sidecars, a favorites list and some broken files), then runs every stage a user
 runs: ingest, caption, tags suggest, prepare, train (both stages of a scaled-down reference
-recipe), export, hash, model card and a sample grid. Each step is the same library call the
+recipe), export, hash, model card, a sample grid and the report page. Each step is the same library call the
 matching verb makes.
 """
 
@@ -92,7 +92,10 @@ def demo_recipe(base: str, size: DemoSize = FULL) -> Recipe:
             weight_dtype="fp32",
             gradient_checkpointing=False,
             keep_last=2,
-            sample_every_n_epochs=0,
+            sample_every_n_epochs=1,  # the report shows each epoch's grid
+            sample_prompts=["1girl, smile, red circle", "no humans, blue square"],
+            sample_steps=size.sample_steps,
+            sample_size=(128, 128),
             stages=[main, favorites],
         ),
         export=ExportConfig(resolution=(128, 128)),
@@ -128,6 +131,7 @@ def run_demo(
     from tagtune.models.save import save_single_file
     from tagtune.models.tiny import build_tiny_sdxl
     from tagtune.prepare import prepare_workspace
+    from tagtune.report import write_report
     from tagtune.synthetic import write_collection
     from tagtune.tags import suggest_tags
     from tagtune.train.export import export_model
@@ -215,4 +219,5 @@ def run_demo(
     grid = save_grid([Image.open(p) for p in images], samples / "grid.png")
     result.paths["samples"] = samples
     result.paths["grid"] = grid
+    result.paths["report"] = timed("report", lambda: write_report(ws).path)
     return result

@@ -64,3 +64,4 @@ def register(app: typer.Typer) -> None:
             + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
             + f" (total {total:.0f}s)"
         )
+        console.print(f"report: [bold]{result.paths['report']}[/] (open it in a browser)")

@@ -16,6 +16,7 @@ from tagtune.cli import (
     merge_cmd,
     model_cmds,
     prepare_cmd,
+    report_cmd,
     tags_cmd,
     train_cmd,
     workspace_cmds,
@@ -49,6 +50,7 @@ for module in (
     generate_cmd,
     merge_cmd,
     card_cmd,
+    report_cmd,
     demo_cmd,
 ):
     module.register(app)

@@ -5,7 +5,7 @@ Shape (read by the model-card writer; keep it stable):
  "vae": {path ("" = the base's own), name, sha256, autov2, fingerprint},
  "stages": [{name, status, subset, images, repeats, epochs, batch_size, gradient_accumulation,
    steps_per_epoch, steps, warmup_steps, started_at, finished_at, seconds, final_loss, settings,
-   inputs: {captions_sha256, latents_vae}, final_state}],
+   inputs: {captions_sha256, latents_vae}, final_state, resumes: [{step, at}] (absent: never)}],
  "totals": {epochs, steps, images, seconds}, "export": {path, hashes, vae}}
 """
 
@@ -92,6 +92,16 @@ def stage_record(
         "inputs": {"captions_sha256": captions_sha256, "latents_vae": latents_vae},
         "final_state": None,
     }
+
+
+KEPT_ON_RESUME = ("started_at", "seconds", "resumes")
+"""Fields of a stage entry that a resumed run carries over instead of starting afresh."""
+
+
+def add_resume(entry: dict[str, Any], step: int) -> None:
+    """Note in a stage entry that training resumed from the state at `step` (and when), so
+    the report can mark it on the curves."""
+    entry.setdefault("resumes", []).append({"step": int(step), "at": now()})
 
 
 def find_stage(record: dict[str, Any], name: str) -> dict[str, Any] | None:

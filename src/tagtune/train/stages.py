@@ -22,7 +22,7 @@ from tagtune.subset_sql import stage_field
 from tagtune.train import records as rec
 from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.optim import TRAINABLE, warmup_steps
-from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights
+from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
 from tagtune.workspace import Workspace
 
 
@@ -248,9 +248,15 @@ def run_training(
                 captions_sha256=captions_sha256(examples),
                 latents_vae=getattr(latents, "vae_hash", ""),
             ),
-            **({k: entry[k] for k in ("started_at", "seconds")} if entry and resume_from else {}),
+            **(
+                {k: entry[k] for k in rec.KEPT_ON_RESUME if k in entry}
+                if entry and resume_from
+                else {}
+            ),
         }
         entry["status"] = "running"
+        if resume_from is not None:
+            rec.add_resume(entry, state_meta(resume_from)["step"])
         if runtime.is_main:
             rec.put_stage(record, entry, order)
             rec.write_run(run_dir, record)
