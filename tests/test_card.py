@@ -227,9 +227,9 @@ def test_card_has_a_validation_table_per_stage(ws):
         "| Stage main | Start (step 0) | End (step 58500) |",
         "| Loss | 0.2000 | 0.1000 |",
         "| Loss, wrong caption | 0.2000 | 0.1120 |",
-        "| Conditioning gap | +0.0% | +12.0% |",
+        "| Conditioning gap | +0.00% | +12.00% |",
         "| Stage favorites | Start (step 0) | End (step 14500) |",
         "| Loss | 0.1000 | 0.0950 |",
-        "| Conditioning gap | +12.0% | +15.8% |",
+        "| Conditioning gap | +12.00% | +15.79% |",
     ]:
         assert expected in text, expected

@@ -57,7 +57,7 @@ def test_demo_prints_validation_before_and_after_each_stage(capsys):
     after = {"loss": 0.25, "loss_wrong_caption": 0.3, "conditioning_gap": 0.2}
     _print_validation({"main": {"images": 4, "before": before, "after": after, "seconds": 1.0}})
     out = capsys.readouterr().out
-    assert "0.5000 -> 0.2500" in out and "+0.0% -> +20.0%" in out
+    assert "0.5000 -> 0.2500" in out and "+0.00% -> +20.00%" in out
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):

@@ -5,8 +5,10 @@ two colour themes, each captioned with its theme tag alone; 8 are held out. At t
 model ignores its captions (gap about 0); after 144 steps, the held-out images denoise clearly
 worse with the other theme's caption than with their own, and better than at the start.
 
-Measured on 2 CPU cores (seed 0): loss 1.108 -> ~0.24, gap -0.04% -> ~+15% in about a minute.
-min-SNR weighting (gamma 5) lets the stage spend its few steps where captions matter.
+Measured on 2 CPU cores (seed 0, load ~1): held-out loss 1.1086 -> 0.2401, with the other
+theme's caption 1.1082 -> 0.2832, conditioning gap -0.04% -> +17.94%, in 66 s. min-SNR
+weighting (gamma 5) in training lets the few steps go where captions matter (without it the
+gap was under 1% after 96 steps); so does training the text encoders (frozen: 6% after 256).
 """
 
 from __future__ import annotations

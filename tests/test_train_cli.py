@@ -135,7 +135,7 @@ def test_train_reports_validation_in_json_run_json_and_the_summary(
     text = CliRunner().invoke(app, ["train", str(ws.root)], env={"COLUMNS": "300"}).output
     first, last = validation["evaluations"]
     assert f"{first['loss']:.4f} -> {last['loss']:.4f}" in text
-    gaps = [f"{e['conditioning_gap'] * 100:+.1f}%" for e in (first, last)]
+    gaps = [f"{e['conditioning_gap'] * 100:+.2f}%" for e in (first, last)]
     assert f"conditioning gap {gaps[0]} -> {gaps[1]}" in text
     assert "main: validation on 2 held-out images, step 0 -> 2" in text
     assert "2 evaluations took" in text and "of the stage)" in text

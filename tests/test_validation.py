@@ -233,7 +233,7 @@ def test_sigkill_and_resume_with_validation_is_bit_identical(tmp_path, tiny_sdxl
     recipe.train.save_every_n_steps = 2
     recipe.validation.every_n_steps = 1
     killed, _ = make_training_workspace(tmp_path / "killed", recipe, n=10)  # 8 train: 4 steps
-    assert _drill(killed.root, 3, resume=False) == -9
+    assert _drill(killed.root, 4, resume=False) == -9  # state at step 2, evaluations to 3
     assert _drill(killed.root, None, resume=True) == 0
     _, _, _, ref = _run(tmp_path, recipe, 10, "ref", components=copy.deepcopy(tiny_sdxl))
 
@@ -241,5 +241,5 @@ def test_sigkill_and_resume_with_validation_is_bit_identical(tmp_path, tiny_sdxl
     assert (killed.root / final).read_bytes() == (tmp_path / "ref" / final).read_bytes()
     run = json.loads((killed.runs_dir / "run1" / "run.json").read_text())
     resumed = run["stages"][0]["validation"]["evaluations"]
-    assert [e["step"] for e in resumed] == [0, 1, 2, 3, 4]  # step 3 again, once
+    assert [e["step"] for e in resumed] == [0, 1, 2, 3, 4]  # step 3 redone, recorded once
     assert _no_seconds(resumed) == _no_seconds(ref["stages"][0]["validation"]["evaluations"])

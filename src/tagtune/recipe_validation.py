@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class ValidationConfig(BaseModel):
     """Held-out images, never trained on in any stage, and the schedule of their evaluation.
 
-    Size of the held-out set, from the captioned posts that are not excluded: `subset` when set
-    (capped at max_images), else `count`, else floor(share x posts), never more than half the
-    posts nor max_images. Every evaluation uses the same noise and timesteps per image.
+    Size of the held-out set, from the captioned posts that are not excluded and have a
+    cached latent: `subset` when set (capped at max_images), else `count`, else
+    floor(share x posts), never more than half the posts nor max_images. Every evaluation uses the same noise and timesteps per image.
     """
 
     model_config = ConfigDict(

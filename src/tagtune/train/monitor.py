@@ -83,7 +83,7 @@ class Monitor:
         if self.bar is not None:
             from tagtune.train.validation import describe
 
-            self.bar.console.print(describe(evaluation))
+            self.bar.console.print(describe(evaluation), soft_wrap=True)
         self.last = time.perf_counter()  # the next step's s/it leaves the evaluation out
 
     def close(self) -> None:

@@ -1,8 +1,8 @@
 """Validation: held-out images, their fixed draws, the validation loss and the conditioning gap.
 
-Held-out set. Chosen once per run from the catalog, before any stage: the captioned posts that
-are not excluded (or the `[validation] subset`), ranked by sha256(seed, post id), the first N
-kept (rules in `held_out_size`). Every stage trains without them, favorites included.
+Held-out set. Chosen once per run, before any stage: the captioned posts with a cached latent
+that are not excluded (or those of the `[validation] subset`), ranked by sha256(seed, post id),
+the first N kept (rules in `held_out_size`). Every stage trains without them, favorites included.
 
 Fixed draws. Each held-out image gets `timesteps` timesteps, one in each equal slice of
 [0, 1000), and their noise, from its own generator keyed by ("validation", seed, post id):
@@ -76,8 +76,8 @@ def seeded_rank(seed: int, post_id: int) -> bytes:
 def choose_held_out(ws: Any, recipe: Recipe, latents: Any) -> list[HeldOutImage]:
     """The run's held-out images, in their seeded order (deterministic from catalog + recipe).
 
-    Candidates are the captioned posts of the validation subset (default: all posts); those
-    without a cached latent are left out of the held-out set (and out of training anyway).
+    Candidates are the captioned posts of the validation subset (default: all posts) that
+    have a cached latent (posts without one are not trained on either).
     """
     cfg = recipe.validation
     if not cfg.active:
@@ -90,12 +90,11 @@ def choose_held_out(ws: Any, recipe: Recipe, latents: Any) -> list[HeldOutImage]
             f"WHERE {subset_where(subset)} ORDER BY c.post_id"
         ).fetchall()
     captions = dict(rows)
-    pool = sorted(captions, key=lambda p: seeded_rank(cfg.seed, p))
+    records = {r.post_id: r for r in latents.records(list(captions), include_flipped=False)}
+    pool = sorted(records, key=lambda p: seeded_rank(cfg.seed, p))
     chosen = pool[: held_out_size(cfg, len(pool))]
-    records = {r.post_id: r for r in latents.records(chosen, include_flipped=False)}
-    kept = [p for p in chosen if p in records]
-    wrong = wrong_captions([captions[p] for p in kept])
-    return [HeldOutImage(p, captions[p], w, records[p]) for p, w in zip(kept, wrong, strict=True)]
+    wrong = wrong_captions([captions[p] for p in chosen])
+    return [HeldOutImage(p, captions[p], w, records[p]) for p, w in zip(chosen, wrong, strict=True)]
 
 
 def wrong_captions(captions: Sequence[str]) -> list[str | None]:
@@ -321,8 +320,8 @@ def start_and_end(record: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def format_gap(gap: float | None) -> str:
-    """The conditioning gap as a signed percentage ("+12.3%"), "-" when undefined."""
-    return "-" if gap is None else f"{gap * 100:+.1f}%"
+    """The conditioning gap as a signed percentage ("+12.34%"), "-" when undefined."""
+    return "-" if gap is None else f"{gap * 100:+.2f}%"
 
 
 def format_loss(loss: float | None) -> str:
