@@ -243,3 +243,28 @@ def test_sigkill_and_resume_with_validation_is_bit_identical(tmp_path, tiny_sdxl
     resumed = run["stages"][0]["validation"]["evaluations"]
     assert [e["step"] for e in resumed] == [0, 1, 2, 3, 4]  # step 3 redone, recorded once
     assert _no_seconds(resumed) == _no_seconds(ref["stages"][0]["validation"]["evaluations"])
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_evaluation_and_report_one_processs_numbers(tmp_path, tiny_sdxl):
+    from tagtune.train.synthetic import free_port
+
+    recipe = _recipe(count=3, epochs=1, batch_size=2)  # 3 held out: 2 on rank 0, 1 on rank 1
+    two, _ = make_training_workspace(tmp_path / "two", recipe, n=11)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(free_port()), "-m", "tagtune.train.synthetic", str(two.root),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = _recipe(count=3, epochs=1, batch_size=4)  # the same global batch in one process
+    _, _, _, ref = _run(tmp_path, one, 11, "one", components=copy.deepcopy(tiny_sdxl))
+
+    run = json.loads((two.runs_dir / "run1" / "run.json").read_text())
+    evals = run["stages"][0]["validation"]["evaluations"]
+    expected = ref["stages"][0]["validation"]["evaluations"]
+    assert [e["step"] for e in evals] == [e["step"] for e in expected] == [0, 2]
+    for got, want in zip(evals, expected, strict=True):
+        for key in ("loss", "loss_wrong_caption", "conditioning_gap"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
