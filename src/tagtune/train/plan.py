@@ -39,7 +39,9 @@ def dry_run(
     recipe = ws.recipe()
     latents = latents if latents is not None else _only_cache(ws)
     stages = []
-    held = {h.post_id for h in choose_held_out(ws, recipe, latents)} if latents else set()
+    held = (
+        {h.post_id for h in choose_held_out(ws, recipe, latents)} if latents is not None else set()
+    )
     for st in recipe.train.stages:
         if latents is not None:
             examples, _ = load_examples(ws, st, latents, recipe.buckets.flip, held)
