@@ -230,3 +230,44 @@ def test_card_over_an_existing_file_needs_force_and_never_replaces_the_model(ws,
         res = run_cli(capsys, "card", ws.root, "--out", target, "--force")
         assert res.code == 2 and "an input is never replaced" in res.error_lines[0]
     assert model.read_bytes() == b"weights"
+
+
+def _evaluation(step, loss, wrong):
+    gap = (wrong - loss) / loss
+    keys = ("step", "epoch", "loss", "loss_wrong_caption", "conditioning_gap", "seconds")
+    return dict(zip(keys, (step, step / 2250, loss, wrong, gap, 12.5), strict=True))
+
+
+def test_card_has_a_validation_table_per_stage(ws):
+    run_json = ws.runs_dir / "run1" / "run.json"
+    record = json.loads(run_json.read_text())
+    assert "## Validation" not in write_card(ws).read_text()  # older records: no section
+    main, fav = record["stages"]
+    main["validation"] = {
+        "images": 64,
+        "post_ids": list(range(64)),
+        "evaluations": [
+            _evaluation(0, 0.2, 0.2),
+            _evaluation(2250, 0.15, 0.153),
+            _evaluation(58500, 0.1, 0.112),
+        ],
+    }
+    fav["validation"] = {
+        "images": 64,
+        "post_ids": list(range(64)),
+        "evaluations": [_evaluation(0, 0.1, 0.112), _evaluation(14500, 0.095, 0.11)],
+    }
+    run_json.write_text(json.dumps(record))
+    text = write_card(ws, force=True).read_text()
+    for expected in [
+        "## Validation",
+        "64 held-out images, never trained on",
+        "| Stage main | Start (step 0) | End (step 58500) |",
+        "| Loss | 0.2000 | 0.1000 |",
+        "| Loss, wrong caption | 0.2000 | 0.1120 |",
+        "| Conditioning gap | +0.00% | +12.00% |",
+        "| Stage favorites | Start (step 0) | End (step 14500) |",
+        "| Loss | 0.1000 | 0.0950 |",
+        "| Conditioning gap | +12.00% | +15.79% |",
+    ]:
+        assert expected in text, expected

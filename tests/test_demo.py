@@ -34,6 +34,28 @@ def test_demo_runs_the_whole_pipeline(quick_demo):
     assert [s["status"] for s in run["stages"]] == ["complete", "complete"]
     assert len(list(paths["samples"].glob("*.png"))) >= 3  # images + grid
 
+    # validation loss and conditioning gap before and after each stage, from run.json
+    validation = facts["validation"]
+    assert list(validation) == ["main", "favorites"]
+    for stage in run["stages"]:
+        v, evals = validation[stage["name"]], stage["validation"]["evaluations"]
+        assert v["images"] == 4 and stage["validation"]["images"] == 4
+        assert v["before"]["loss"] == evals[0]["loss"] and v["after"]["loss"] == evals[-1]["loss"]
+        for when in ("before", "after"):
+            assert isinstance(v[when]["conditioning_gap"], float)
+    assert validation["main"]["after"]["loss"] < validation["main"]["before"]["loss"]
+    assert "## Validation" in card
+
+
+def test_demo_prints_validation_before_and_after_each_stage(capsys):
+    from tagtune.cli.demo_cmd import _print_validation
+
+    before = {"loss": 0.5, "loss_wrong_caption": 0.5, "conditioning_gap": 0.0}
+    after = {"loss": 0.25, "loss_wrong_caption": 0.3, "conditioning_gap": 0.2}
+    _print_validation({"main": {"images": 4, "before": before, "after": after, "seconds": 1.0}})
+    out = capsys.readouterr().out
+    assert "0.5000 -> 0.2500" in out and "+0.00% -> +20.00%" in out
+
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
     from tagtune.demo import run_demo

@@ -101,3 +101,41 @@ def test_under_a_launcher_only_process_0_prints_the_summary(tmp_path, monkeypatc
     monkeypatch.setenv("RANK", "0")
     main = CliRunner().invoke(app, ["train", str(ws.root), "--json"])
     assert json.loads(main.output)["notes"] == ["stage 'main' is already complete"]
+
+
+@pytest.mark.slow
+def test_train_reports_validation_in_json_run_json_and_the_summary(
+    tmp_path, tiny_sdxl, monkeypatch
+):
+    from tagtune.models.save import save_single_file
+    from tagtune.train import stages
+
+    recipe = tiny_train_recipe(epochs=1, batch_size=2, lr_text_encoder=0.0, lr_text_encoder_2=0.0)
+    recipe.model.base = "base.safetensors"
+    recipe.validation.count = 2
+    ws, _ = make_training_workspace(tmp_path / "ws", recipe, n=6)
+    save_single_file(tiny_sdxl, ws.root / "base.safetensors", dtype="fp32")
+    _cache_latents(ws, tiny_sdxl, 6)
+    keys = {"step", "epoch", "loss", "loss_wrong_caption", "conditioning_gap", "seconds"}
+
+    res = CliRunner().invoke(app, ["train", str(ws.root), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    validation = out["ran"][0]["validation"]
+    assert (out["ran"][0]["images"], validation["images"]) == (4, 2)
+    assert [e["step"] for e in validation["evaluations"]] == [0, 2]
+    assert all(set(e) == keys for e in validation["evaluations"])
+    assert out["notes"] == ["validation: 2 held-out images, never trained on"]
+    run = json.loads((ws.runs_dir / "run1" / "run.json").read_text())
+    assert run["stages"][0]["validation"] == validation
+
+    # the end-of-stage summary a user reads (the same records, printed)
+    summary = stages.TrainSummary(ws.runs_dir / "run1", ran=out["ran"])
+    monkeypatch.setattr(stages, "run_training", lambda *a, **k: summary)
+    text = CliRunner().invoke(app, ["train", str(ws.root)], env={"COLUMNS": "300"}).output
+    first, last = validation["evaluations"]
+    assert f"{first['loss']:.4f} -> {last['loss']:.4f}" in text
+    gaps = [f"{e['conditioning_gap'] * 100:+.2f}%" for e in (first, last)]
+    assert f"conditioning gap {gaps[0]} -> {gaps[1]}" in text
+    assert "main: validation on 2 held-out images, step 0 -> 2" in text
+    assert "2 evaluations took" in text and "of the stage)" in text

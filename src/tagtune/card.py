@@ -247,6 +247,45 @@ def _vae_text(vae: dict[str, Any]) -> str:
     return name + (f" (AutoV2 `{vae['autov2']}`)" if vae.get("autov2") else "")
 
 
+def _validation_section(stages: list[dict[str, Any]]) -> list[str]:
+    """Per stage, validation loss and conditioning gap at its start and end (none: no section)."""
+    from tagtune.train.validation import format_gap, start_and_end
+
+    out: list[str] = []
+    for s in stages:
+        v = start_and_end(s.get("validation"))
+        if v["start"] is None:
+            continue
+        first, last = v["start"], v["end"] or v["start"]
+        rows = [
+            ["Loss", _loss(first["loss"]), _loss(last["loss"])],
+            ["Loss, wrong caption", _loss(first["loss_wrong_caption"]), _loss(last["loss_wrong_caption"])],
+            ["Conditioning gap", format_gap(first["conditioning_gap"]), format_gap(last["conditioning_gap"])],
+        ]  # fmt: skip
+        header = [
+            f"Stage {s['name']}",
+            f"Start (step {first['step']})",
+            f"End (step {last['step']})",
+        ]
+        out += ["", _table(header, rows)]
+    if not out:
+        return []
+    images = max(start_and_end(s.get("validation"))["images"] for s in stages)
+    return [
+        "## Validation",
+        "",
+        f"{images} held-out images, never trained on; loss (MSE) at fixed noise and timesteps "
+        "per image. Conditioning gap: how much worse the loss is with another held-out image's "
+        "caption, (wrong - right) / right; near 0 the model ignores its captions.",
+        *out,
+        "",
+    ]
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def render_card(
     record: dict[str, Any],
     recommended: tuple[str, list[str]],
@@ -315,6 +354,7 @@ def render_card(
             + [["total", "", totals["images"], "", totals["epochs"], "", "", totals["steps"], ""]],
         ),
         "",
+        *_validation_section(stages),
         *_caption_section(recipe["caption"]),
         "",
         "## Recommended tags",

@@ -3,8 +3,9 @@
 It writes a Danbooru-style collection (small images of coloured shapes with harmless tags,
 gallery-dl sidecars, a favorites list and some broken files), then runs every stage a user
 runs: ingest, caption, tags suggest, prepare, train (both stages of a scaled-down reference
-recipe), export, hash, model card, a sample grid and the report page. Each step is the same library call the
-matching verb makes.
+recipe), export, hash, model card, a sample grid and the report page. Each step is the same
+library call the matching verb makes. A few images are held out: the validation loss and the
+conditioning gap before and after each stage are in `DemoResult.facts["validation"]`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tagtune.recipe import (
     StageConfig,
     TrainConfig,
 )
+from tagtune.recipe_validation import ValidationConfig
 
 DEMO_PROMPT_FALLBACK = "1girl, smile, blue sky"
 DEMO_MARKER = ".tagtune-demo"
@@ -39,10 +41,13 @@ class DemoSize:
     favorites_epochs: int = 2
     sample_steps: int = 8
     grid_images: int = 4
+    held_out: int = 8
 
 
 FULL = DemoSize()
-REDUCED = DemoSize(images=24, main_epochs=1, favorites_epochs=1, sample_steps=2, grid_images=2)
+REDUCED = DemoSize(
+    images=24, main_epochs=1, favorites_epochs=1, sample_steps=2, grid_images=2, held_out=4
+)
 
 
 def demo_recipe(base: str, size: DemoSize = FULL) -> Recipe:
@@ -51,7 +56,7 @@ def demo_recipe(base: str, size: DemoSize = FULL) -> Recipe:
     Same caption rules and the same two stages (main, then favorites with frozen but uncached
     text encoders, constant schedule and noise offset 0.0357); fewer epochs, small buckets,
     AdamW instead of 8-bit AdamW (bitsandbytes needs CUDA), fp32, larger learning rates so a
-    few epochs visibly move a random model.
+    few epochs visibly move a random model, and `size.held_out` images held out for validation.
     """
     main = StageConfig(
         name="main",
@@ -98,6 +103,7 @@ def demo_recipe(base: str, size: DemoSize = FULL) -> Recipe:
             sample_size=(128, 128),
             stages=[main, favorites],
         ),
+        validation=ValidationConfig(count=size.held_out),
         export=ExportConfig(resolution=(128, 128)),
     )
 
@@ -191,6 +197,7 @@ def run_demo(
     result.facts["latents"] = prepared.latents_written + prepared.cached
     trained = timed("train", lambda: run_training(ws, progress=show_progress))
     result.facts["stages"] = [s.get("name") for s in trained.ran]
+    result.facts["validation"] = validation_facts(trained.ran)
     result.paths["run"] = trained.run_dir
     exported = timed("export", lambda: export_model(ws))
     result.paths["model"] = exported.path
@@ -221,3 +228,21 @@ def run_demo(
     result.paths["grid"] = grid
     result.paths["report"] = timed("report", lambda: write_report(ws).path)
     return result
+
+
+def validation_facts(ran: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per stage: held-out images, and loss, wrong-caption loss and gap before and after it."""
+    from tagtune.train.validation import start_and_end
+
+    keys = ("loss", "loss_wrong_caption", "conditioning_gap")
+    facts = {}
+    for stage in ran:
+        v = start_and_end(stage.get("validation"))
+        before, after = v["start"] or {}, v["end"] or v["start"] or {}
+        facts[stage["name"]] = {
+            "images": v["images"],
+            "before": {k: before.get(k) for k in keys},
+            "after": {k: after.get(k) for k in keys},
+            "seconds": v["seconds"],
+        }
+    return facts

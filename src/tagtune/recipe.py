@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tagtune.errors import RecipeError
 from tagtune.recipe_errors import recipe_error
+from tagtune.recipe_validation import ValidationConfig
 from tagtune.untrusted import read_regular
 
 SCHEMA_VERSION = 1
@@ -408,6 +409,7 @@ class Recipe(Strict):
     caption: CaptionConfig = CaptionConfig()
     buckets: BucketConfig = BucketConfig()
     train: TrainConfig = TrainConfig()
+    validation: ValidationConfig = ValidationConfig()
     export: ExportConfig = ExportConfig()
 
     def stage(self, name: str) -> StageConfig:

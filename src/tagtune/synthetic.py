@@ -267,6 +267,23 @@ def shape_image(rng: np.random.Generator, size: tuple[int, int]):
     return img, [f"{bg}_background", f"{fg}_theme", shape]
 
 
+THEMES = {"red_theme": (210, 40, 40), "blue_theme": (40, 70, 210)}
+"""Two image themes that differ clearly in colour, named by a harmless Danbooru-style tag."""
+
+
+def theme_image(theme: str, rng: np.random.Generator, size: tuple[int, int] = (64, 64)):
+    """A PIL image of one theme of THEMES: its colour at a random brightness (80-100%).
+
+    Images of a theme differ only in brightness, so what tells the themes apart is their
+    colour, which the caption tag names: the learning test's collection.
+    """
+    from PIL import Image
+
+    level = float(rng.uniform(0.8, 1.0))
+    rgb = tuple(round(c * level) for c in THEMES[theme])
+    return Image.new("RGB", size, rgb)
+
+
 def _encode(img, ext: str) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext], quality=90)

@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
         for name, path in result.paths.items():
             table.add_row(name, str(path))
         console.print(table)
+        _print_validation(result.facts["validation"])
         hashes = result.facts["hashes"]
         console.print(
             Text.assemble(
@@ -64,4 +65,27 @@ def register(app: typer.Typer) -> None:
             + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
             + f" (total {total:.0f}s)"
         )
-        console.print(f"report: [bold]{result.paths['report']}[/] (open it in a browser)")
+        console.print(
+            Text.assemble(
+                "report: ", (str(result.paths["report"]), "bold"), " (open it in a browser)"
+            )
+        )
+
+
+def _print_validation(facts: dict) -> None:
+    from rich.table import Table
+
+    from tagtune.train.validation import format_gap, format_loss
+
+    table = Table(title="validation on held-out images (never trained on)")
+    for col in ("stage", "images", "loss before -> after", "conditioning gap before -> after"):
+        table.add_column(col)
+    for name, v in facts.items():
+        b, a = v["before"], v["after"]
+        table.add_row(
+            name,
+            str(v["images"]),
+            f"{format_loss(b['loss'])} -> {format_loss(a['loss'])}",
+            f"{format_gap(b['conditioning_gap'])} -> {format_gap(a['conditioning_gap'])}",
+        )
+    console.print(table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from tagtune.cli.common import console, err_console, print_json
 
@@ -46,7 +47,9 @@ def register(app: typer.Typer) -> None:
             out=out,
             force=force,
             on_write=None if as_json else lambda r: console.print(f"wrote {r.summary()}"),
-            on_error=lambda msg: err_console.print(f"[yellow]skipped a rewrite:[/] {msg}"),
+            on_error=lambda msg: err_console.print(
+                Text.assemble(("skipped a rewrite:", "yellow"), f" {msg}")
+            ),
         )
         if as_json:
             print_json(result.to_json() if result else {"path": None})

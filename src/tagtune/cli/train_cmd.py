@@ -134,19 +134,32 @@ def _print_plan(result: dict) -> None:
 def _print_summary(summary) -> None:
     from rich.table import Table
 
+    from tagtune.train.validation import format_gap, format_loss, stage_summary, start_and_end
+
     table = Table(title=f"training: {summary.run_dir}")
-    for col in ("stage", "images", "steps", "seconds", "final loss", "final state"):
+    for col in (
+        "stage", "images", "steps", "seconds", "final loss", "val loss", "gap", "final state"
+    ):  # fmt: skip
         table.add_column(col)
     for s in summary.ran:
         loss = "-" if s["final_loss"] is None else f"{s['final_loss']:.4f}"
+        v = start_and_end(s.get("validation"))
+        first, last = v["start"] or {}, v["end"] or v["start"] or {}
         table.add_row(
             s["name"],
             str(s["images"]),
             str(s["steps"]),
             f"{s['seconds']:.1f}",
             loss,
+            f"{format_loss(first.get('loss'))} -> {format_loss(last.get('loss'))}",
+            f"{format_gap(first.get('conditioning_gap'))} -> "
+            f"{format_gap(last.get('conditioning_gap'))}",
             s["final_state"],
         )
     console.print(table)
+    for s in summary.ran:
+        line = stage_summary(s)
+        if line:
+            console.print(line, soft_wrap=True)
     if summary.skipped:
         console.print(f"already complete: {', '.join(summary.skipped)}")

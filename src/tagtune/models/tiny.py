@@ -5,10 +5,18 @@ layers, CLIP ViT-L-shaped encoder with 12 layers, OpenCLIP bigG-shaped encoder w
 layers, 4-level VAE), small widths. The two encoders keep the real vocabulary (49,408) and
 77 positions, differ in width (diffusers tells them apart by width), and encoder 2 has a
 projection_dim different from its hidden size, so key-sniffing tools still see SDXL.
+
+A randomly initialised VAE encodes images to latents of std ~0.3, which the SDXL scaling
+factor (kept: 0.13025) brings to ~0.04, far below the unit noise a diffusion model learns
+to remove. `build_tiny_sdxl` therefore scales the encoder's output (the mean and log-variance
+of the moments convolution) by a power of two and the decoder's input convolution by its
+inverse, so scaled latents of ordinary images have about unit std like a real SDXL VAE's, and
+decode(encode(x)) is what it was (a power of two keeps both exact).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -112,6 +120,7 @@ def build_tiny_sdxl(seed: int = 0, tokenizers: tuple[Any, Any] | None = None) ->
         te2 = CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_ENCODER_2_CONFIG))
     for m in (unet, vae, te1, te2):
         m.eval()
+    scale_vae_latents(vae, unit_std_factor(vae))
     tok1, tok2 = tokenizers if tokenizers is not None else sdxl_tokenizers()
     return SDXLComponents(
         unet=unet,
@@ -123,3 +132,42 @@ def build_tiny_sdxl(seed: int = 0, tokenizers: tuple[Any, Any] | None = None) ->
         scheduler_config=dict(SCHEDULER_CONFIG),
         source=f"tiny-sdxl(seed={seed})",
     )
+
+
+def calibration_images(n: int = 8, size: int = 64) -> torch.Tensor:
+    """Ordinary-looking pixels [n, 3, size, size] in [-1, 1]: the synthetic coloured shapes."""
+    import numpy as np
+
+    from tagtune.synthetic import shape_image
+
+    rng = np.random.default_rng(0)
+    arrays = [np.asarray(shape_image(rng, (size, size))[0]) for _ in range(n)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def scaled_latent_std(vae: Any, pixels: torch.Tensor) -> float:
+    """Std of the SCALED latents (latent mean x scaling factor) the VAE gives for `pixels`."""
+    return float((vae.encode(pixels).latent_dist.mean * VAE_SCALING_FACTOR).std())
+
+
+def unit_std_factor(vae: Any) -> float:
+    """The power of two that brings the VAE's scaled latents of ordinary images nearest unit std."""
+    return 2.0 ** round(-math.log2(scaled_latent_std(vae, calibration_images())))
+
+
+@torch.no_grad()
+def scale_vae_latents(vae: Any, factor: float) -> None:
+    """Multiply what the encoder outputs by `factor` and divide what the decoder reads by it.
+
+    The encoder's moments convolution (quant_conv) gives mean and log-variance: the mean rows
+    are scaled, log(factor^2) is added to the log-variance bias, so the whole latent
+    distribution scales. The decoder's post_quant_conv weights are divided by `factor`, so
+    decode(encode(x)) is unchanged.
+    """
+    latent = vae.config.latent_channels
+    quant, post = vae.quant_conv, vae.post_quant_conv
+    quant.weight[:latent] *= factor
+    quant.bias[:latent] *= factor
+    quant.bias[latent:] += 2.0 * math.log(factor)
+    post.weight /= factor

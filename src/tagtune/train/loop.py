@@ -3,7 +3,8 @@
 Everything random in a step is drawn from generators keyed by (seed, stage, step, sample), the
 stochastic rounding of bf16 weights from (seed, stage, step, chunk), and the data order from
 (seed, stage, epoch), so a resumed run repeats exactly what the uninterrupted run would have
-done.
+done. Validation draws from its own keyed generators (`tagtune.train.validation`), so
+evaluating changes nothing a step sees.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from tagtune.train.rounding import LOW_PRECISION, RoundedSteps
 from tagtune.train.runtime import Runtime
 from tagtune.train.state import load_state, prune_states, rng_snapshot, save_state, state_meta
 from tagtune.train.te_cache import Encoder
+from tagtune.train.validation import Validator
 from tagtune.train.zero import ZeroEngine, check_zero_state, start_engine
 
 
@@ -64,6 +66,8 @@ class StageJob:
     encode_fn: Callable | None = None
     on_epoch_end: Callable[[int, int], None] | None = None
     on_state_saved: Callable[[int], None] | None = None
+    validation: Validator | None = None
+    on_validation: Callable[[dict[str, Any]], None] | None = None
     prediction_type: str = "epsilon"
     notes: list[str] = field(default_factory=list)
 
@@ -123,6 +127,8 @@ def train_stage(job: StageJob) -> StageResult:
             scaler.load_state_dict(meta["scaler"])
     hooks = attach_fused_step(optimizer, stage.max_grad_norm, rounding) if fused else []
     monitor.start(stage.name, total, step)
+    # Validation loss and conditioning gap before the first step (not again on resume)
+    validated = validate(job, encoder, monitor, step, per_epoch) if step == 0 else -1
     for epoch in range(step // per_epoch, stage.epochs):
         batches = epoch_batches(
             job.examples, stage.batch_size * rt.world_size, stage.repeats,
@@ -160,14 +166,20 @@ def train_stage(job: StageJob) -> StageResult:
             monitor.step(step, epoch + 1, loss, lrs, sum(len(b) for b in steps[i]))
             if step == kill_at:  # crash test hook: die like a power cut would
                 os.kill(os.getpid(), signal.SIGKILL)
+            if job.validation is not None and job.validation.due_at_step(step):
+                validated = validate(job, encoder, monitor, step, per_epoch)
             # Resumable state every N steps
             if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0:
                 losses = {"final_loss": final_loss, "epoch_losses": epoch_loss}
                 saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses, zero)
-        # End of epoch: resumable state, samples and optional export
+        # End of epoch: validation (before the state, so a resume never skips one), resumable
+        # state, samples and optional export
         final_loss = sum(epoch_loss) / len(epoch_loss) if epoch_loss else final_loss
         epoch_loss = []
         last = epoch + 1 == stage.epochs
+        due = job.validation is not None and job.validation.due_at_epoch(epoch + 1, stage.epochs)
+        if due and validated != step:
+            validated = validate(job, encoder, monitor, step, per_epoch)
         if saved != step and ((epoch + 1) % cfg.save_every_n_epochs == 0 or last):
             losses = {"final_loss": final_loss, "epoch_losses": []}
             saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses, zero)
@@ -181,6 +193,18 @@ def train_stage(job: StageJob) -> StageResult:
     for m in trained.values():
         m.requires_grad_(False).eval()
     return StageResult(step, final_loss, job.stage_dir / "states" / f"step-{step}")
+
+
+def validate(job: StageJob, encoder: Encoder, monitor: Monitor, step: int, per_epoch: int) -> int:
+    """Evaluate the held-out images now (no-op without any); log and record it; return `step`."""
+    if job.validation is None:
+        return step
+    epoch = round(step / per_epoch, 4)
+    evaluation = job.validation.evaluate(job.components, encoder, step, epoch)
+    monitor.validation(evaluation)
+    if job.on_validation is not None and job.runtime.is_main:
+        job.on_validation(evaluation)
+    return step
 
 
 def forward_backward(

@@ -1,9 +1,15 @@
-"""What a user watches during training: a rich progress bar and TensorBoard logs."""
+"""What a user watches during training: a rich progress bar and TensorBoard logs.
+
+TensorBoard scalars: `loss`, `lr/<module>`, `images_per_s` per optimizer step; `val/loss`,
+`val/loss_wrong_caption`, `val/conditioning_gap` and `val/seconds` per validation (all at the
+stage's optimizer step).
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 
 class Monitor:
@@ -64,6 +70,21 @@ class Monitor:
             lr = next(iter(lrs.values()), 0.0)
             info = f"epoch {epoch} step {step} loss {loss:.4f} lr {lr:.2e} {dt:.2f} s/it"
             self.bar.update(self.task, completed=step, info=info)
+
+    def validation(self, evaluation: dict[str, Any]) -> None:
+        """Record one validation (see `tagtune.train.validation`): scalars and a printed line."""
+        if not self.enabled:
+            return
+        step = evaluation["step"]
+        if self.writer is not None:
+            for key in ("loss", "loss_wrong_caption", "conditioning_gap", "seconds"):
+                if evaluation.get(key) is not None:
+                    self.writer.add_scalar(f"val/{key}", evaluation[key], step)
+        if self.bar is not None:
+            from tagtune.train.validation import describe
+
+            self.bar.console.print(describe(evaluation), soft_wrap=True)
+        self.last = time.perf_counter()  # the next step's s/it leaves the evaluation out
 
     def close(self) -> None:
         """Stop the bar and flush the logs."""

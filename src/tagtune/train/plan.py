@@ -35,13 +35,17 @@ def dry_run(
     """Per stage: images, steps per epoch, steps, warm-up, and the memory estimate (GiB)
     per GPU, for `world_size` processes (DDP, or DeepSpeed ZeRO-2 with `zero2`)."""
     from tagtune.train.stages import load_examples
+    from tagtune.train.validation import choose_held_out
 
     recipe = ws.recipe()
     latents = latents if latents is not None else _only_cache(ws)
     stages = []
+    held = (
+        {h.post_id for h in choose_held_out(ws, recipe, latents)} if latents is not None else set()
+    )
     for st in recipe.train.stages:
         if latents is not None:
-            examples, _ = load_examples(ws, st, latents, recipe.buckets.flip)
+            examples, _ = load_examples(ws, st, latents, recipe.buckets.flip, held)
             images = len({e.post_id for e in examples})
             per_epoch = steps_per_epoch(examples, st, world_size)
             source = "latent cache"

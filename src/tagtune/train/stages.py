@@ -2,12 +2,14 @@
 
 `run_training(ws)` runs every pending stage; `stage=` runs one. Completed stages are not run
 again; their final states are loaded in order to rebuild the starting weights of the next.
+The run's held-out images (`tagtune.train.validation`) are left out of every stage.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,17 @@ from tagtune.train import records as rec
 from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.optim import TRAINABLE, warmup_steps
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
+from tagtune.train.validation import (
+    HeldOutImage,
+    Validator,
+    choose_held_out,
+    held_out_notes,
+    stage_validation,
+)
 from tagtune.workspace import Workspace
+
+SUMMARY_KEYS = ("name", "images", "steps", "seconds", "final_loss", "final_state", "validation")
+"""What `TrainSummary.ran` (and `tagtune train --json`) says about each stage run."""
 
 
 @dataclass
@@ -45,8 +57,17 @@ class TrainSummary:
         }
 
 
-def load_examples(ws: Workspace, stage: StageConfig, latents: Any, flip: bool = False):
-    """Examples of a stage's subset that have a caption and a cached latent; (examples, missing)."""
+def load_examples(
+    ws: Workspace,
+    stage: StageConfig,
+    latents: Any,
+    flip: bool = False,
+    exclude: Collection[int] = (),
+):
+    """Examples of a stage's subset that have a caption and a cached latent; (examples, missing).
+
+    Posts in `exclude` (the held-out images) are left out and not counted as missing.
+    """
     from tagtune.ingest.driver import catalog_is_current
 
     with open_catalog(ws.catalog_path, read_only=True) as con:
@@ -61,7 +82,7 @@ def load_examples(ws: Workspace, stage: StageConfig, latents: Any, flip: bool = 
             "SELECT c.post_id, c.caption, c.tags FROM captions c JOIN posts ON posts.id = c.post_id "
             f"WHERE {where} ORDER BY c.post_id"
         ).fetchall()
-    captions = {pid: (cap, tuple(tags or ())) for pid, cap, tags in rows}
+    captions = {pid: (cap, tuple(tags or ())) for pid, cap, tags in rows if pid not in exclude}
     records = latents.records(list(captions), include_flipped=flip)
     examples = [
         Example(r.post_id, captions[r.post_id][0], captions[r.post_id][1], tuple(r.bucket), r)
@@ -198,6 +219,7 @@ def run_training(
     record["vae"] = vae.to_json()  # the recipe's VAE now, also in a record from before
     order = [s.name for s in cfg.stages]
     summary = TrainSummary(run_dir)
+    held_out: list[HeldOutImage] | None = None  # chosen once, when the first stage runs
     for index, st in enumerate(cfg.stages):
         if index > wanted[-1]:
             break
@@ -228,15 +250,21 @@ def run_training(
         elif resume:
             summary.notes.append(f"stage {st.name!r}: no resumable state, starting at step 0")
         latents = latents if latents is not None else open_latents(ws, vae.fingerprint)
-        examples, missing = load_examples(ws, st, latents, recipe.buckets.flip)
+        if held_out is None:
+            held_out = choose_held_out(ws, recipe, latents)
+            summary.notes += held_out_notes(recipe.validation, held_out)
+        held_ids = {h.post_id for h in held_out}
+        examples, missing = load_examples(ws, st, latents, recipe.buckets.flip, held_ids)
         if missing:
             summary.notes.append(
                 f"stage {st.name!r}: {missing} captioned posts have no cached latent"
             )
         if not examples:
             raise TrainingError(
-                f"stage {st.name!r}: no training images (subset {st.subset!r})",
-                hint="run `tagtune caption` and `tagtune prepare` first",
+                f"stage {st.name!r}: no training images (subset {st.subset!r}"
+                + (f", {len(held_ids)} held out for validation)" if held_ids else ")"),
+                hint="run `tagtune caption` and `tagtune prepare` first, or hold out fewer "
+                "images ([validation])",
             )  # fmt: skip
         per_epoch = steps_per_epoch(examples, st, runtime.world_size)
         entry = {
@@ -253,7 +281,11 @@ def run_training(
                 if entry and resume_from
                 else {}
             ),
-        }
+            "validation": stage_validation(
+                held_out, entry if resume_from else None,
+                state_meta(resume_from)["step"] if resume_from else None, stage_dir,
+            ),
+        }  # fmt: skip
         entry["status"] = "running"
         if resume_from is not None:
             rec.add_resume(entry, state_meta(resume_from)["step"])
@@ -275,6 +307,10 @@ def run_training(
             encode_fn=encode_fn, prediction_type=recipe.model.prediction_type,
             on_epoch_end=epoch_hook(ws, recipe, components, st, stage_dir),
             on_state_saved=state_saved,
+            validation=Validator(
+                held_out, recipe.validation, latents, runtime, recipe.model.prediction_type
+            ) if held_out else None,
+            on_validation=lambda ev, entry=entry: record_evaluation(run_dir, record, entry, ev),
         )  # fmt: skip
         try:
             result = train_stage(job)
@@ -294,10 +330,13 @@ def run_training(
         )
         if runtime.is_main:
             rec.write_run(run_dir, record)
-        summary.ran.append(
-            {
-                k: entry[k]
-                for k in ("name", "images", "steps", "seconds", "final_loss", "final_state")
-            }
-        )
+        summary.ran.append({k: entry[k] for k in SUMMARY_KEYS})
     return summary
+
+
+def record_evaluation(
+    run_dir: Path, record: dict[str, Any], entry: dict[str, Any], evaluation: dict[str, Any]
+) -> None:
+    """Add one validation to the stage's run.json entry and write run.json (main process)."""
+    entry["validation"]["evaluations"].append(evaluation)
+    rec.write_run(run_dir, record)

@@ -1,7 +1,9 @@
 """Synthetic training inputs for tests, benchmarks and crash drills: no images, no VAE.
 
 `InMemoryLatents` serves the latent-cache reader API from memory; `make_training_workspace`
-writes a workspace whose catalog holds posts and captions with harmless tags. Run
+writes a workspace whose catalog holds posts and captions with harmless tags;
+`make_theme_workspace` one of two image themes named by their caption, with a real latent cache
+(the learning test's collection). Run
 `python -m tagtune.train.synthetic WS [--resume] [--stage NAME]` to train the tiny model on
 such a workspace (what the SIGKILL and 2-process tests launch).
 """
@@ -12,6 +14,7 @@ import argparse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -120,6 +123,48 @@ def make_training_workspace(
             buckets[i] = tuple(sizes[(i - 1) % len(sizes)])
         sync_with_recipe(con, recipe)  # judged with this recipe, as ingest and caption leave it
     return ws, InMemoryLatents(buckets, seed)
+
+
+def make_theme_workspace(
+    root: Path, recipe: Recipe, vae: Any, n: int = 40, seed: int = 0
+) -> tuple[Workspace, Any]:
+    """A workspace of `n` images of two themes (alternating) whose caption is the theme tag.
+
+    The images (64x64 px, `tagtune.synthetic.theme_image`) are written under WS/images and
+    encoded by `vae` into the workspace's latent cache, as `tagtune prepare` does. Returns the
+    workspace and the latent cache.
+    """
+    import hashlib
+
+    import numpy as np
+
+    from tagtune.latent_cache import open_latent_cache
+    from tagtune.latents import PrepareItem, encode_images, vae_fingerprint
+    from tagtune.recipe import BucketConfig
+    from tagtune.synthetic import THEMES, theme_image
+
+    ws = init_workspace(root, recipe, force=True)
+    rng = np.random.default_rng(seed)
+    names = list(THEMES)
+    items = []
+    with open_catalog(ws.catalog_path) as con:
+        for i in range(1, n + 1):
+            theme = names[i % 2]
+            path = ws.root / "images" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            theme_image(theme, rng).save(path)
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            items.append(PrepareItem(i, str(path), sha, 64, 64))
+            tag = theme.replace("_", " ")
+            con.execute("INSERT INTO posts (id, tags_general) VALUES (?, ?)", [i, [theme]])
+            con.execute(
+                "INSERT INTO captions (post_id, caption, tags, groups, tokens) VALUES (?, ?, ?, ?, ?)",
+                [i, tag, [tag], ["general"], 2],
+            )
+        sync_with_recipe(con, recipe)
+    cfg = BucketConfig(resolution=64, min_side=64, max_side=64, step=64)
+    encode_images(items, vae, ws.cache_dir, cfg, workers=0)
+    return ws, open_latent_cache(ws.cache_dir, vae_fingerprint(vae))
 
 
 def latents_for(ws: Workspace, seed: int = 0, size: tuple[int, int] = (64, 64)) -> InMemoryLatents:
