@@ -30,6 +30,7 @@ from tagtune.train.data import (
     sample_draws,
     steps_per_epoch,
 )
+from tagtune.train.lora import add_adapters, merge_adapters
 from tagtune.train.loss import diffusion_loss, training_scheduler
 from tagtune.train.monitor import Monitor
 from tagtune.train.optim import (
@@ -86,6 +87,8 @@ def train_stage(job: StageJob) -> StageResult:
     rt, stage, cfg = job.runtime, job.stage, job.train
     monitor = job.monitor or Monitor(None, enabled=False)
     # Setup: modules with lr 0 are frozen and left out; each trained module is its own group
+    # (a LoRA stage first puts its adapters in, and then only they train)
+    add_adapters(job.components, stage, cfg.seed, job.stage_index, rt.deepspeed)
     modules = {n: getattr(job.components, n) for n in TRAINABLE}
     trained = trainable_modules(modules, stage)
     if not trained:
@@ -192,6 +195,7 @@ def train_stage(job: StageJob) -> StageResult:
         zero.finish()
     for m in trained.values():
         m.requires_grad_(False).eval()
+    merge_adapters(job.components)  # a LoRA stage's next stage starts from base + LoRA
     return StageResult(step, final_loss, job.stage_dir / "states" / f"step-{step}")
 
 
@@ -351,7 +355,8 @@ def check_resumable(
             file=path, hint="restore the settings, or remove the stage folder to start over",
         )  # fmt: skip
     now = {**stage.model_dump(mode="json"), "seed": seed}
-    then = {**meta.get("settings", now), "seed": meta.get("seed", seed)}
+    defaults = {k: f.default for k, f in StageConfig.model_fields.items()}  # keys added since
+    then = {**defaults, **meta.get("settings", now), "seed": meta.get("seed", seed)}
     changed = [f"{k} {then.get(k)!r} -> {v!r}" for k, v in now.items() if then.get(k) != v]
     if changed:
         raise TrainingError(

@@ -23,6 +23,7 @@ from tagtune.recipe import Recipe, StageConfig
 from tagtune.subset_sql import stage_field
 from tagtune.train import records as rec
 from tagtune.train.data import Example, steps_per_epoch
+from tagtune.train.lora import apply_lora_state
 from tagtune.train.optim import TRAINABLE, warmup_steps
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
 from tagtune.train.validation import (
@@ -166,7 +167,14 @@ def final_state_path(ws: Workspace, entry: dict[str, Any]) -> Path:
 
 
 def apply_stage_weights(components: Any, final_state: str | Path) -> None:
-    """Load a finished stage's trained modules into the components (the stage chain)."""
+    """Load a finished stage's trained modules into the components (the stage chain).
+
+    A LoRA stage's state holds only its adapters: they are merged into the weights.
+    """
+    settings = state_meta(Path(final_state)).get("settings", {})
+    if settings.get("method") == "lora":
+        apply_lora_state(components, StageConfig.model_validate(settings), Path(final_state))
+        return
     for name in TRAINABLE:
         load_weights(Path(final_state), name, getattr(components, name))
 
