@@ -122,7 +122,8 @@ def _print_plan(result: dict) -> None:
     for s in result["stages"]:
         table.add_row(
             s["name"], str(s["images"]), str(s["epochs"]), str(s["steps_per_epoch"]),
-            str(s["steps"]), str(s["warmup_steps"]), s["optimizer"],
+            str(s["steps"]), str(s["warmup_steps"]),
+            s["optimizer"] + (f", {s['method']}" if s.get("method", "full") != "full" else ""),
             f"{s['memory_gib_estimate']['total']:.1f}",
         )  # fmt: skip
     console.print(table)

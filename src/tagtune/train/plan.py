@@ -12,7 +12,7 @@ from typing import Any
 from tagtune.catalog import check_subset, open_catalog
 from tagtune.subset_sql import stage_field
 from tagtune.train.data import steps_per_epoch
-from tagtune.train.memory import estimate_memory
+from tagtune.train.memory import estimate_memory, trained_parameters
 from tagtune.train.optim import warmup_steps
 from tagtune.workspace import Workspace
 
@@ -76,6 +76,8 @@ def dry_run(
                 "steps": total,
                 "warmup_steps": warmup_steps(st, total),
                 "optimizer": st.optimizer,
+                "method": st.method,
+                "trained_parameters": trained_parameters(st),
                 "steps_from": source,
                 "memory_gib_estimate": mem.to_json(),
             }
