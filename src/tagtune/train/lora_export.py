@@ -17,7 +17,6 @@ plus any full stage before it (`tagtune.lora_starts_from` names them).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import Any

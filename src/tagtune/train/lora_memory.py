@@ -40,7 +40,9 @@ def _rows(lora: LoraConfig, modules: list[str]) -> list[tuple[int, int, int, int
 def lora_params(lora: LoraConfig, modules: list[str]) -> int:
     """LoRA parameters (elements) the stage trains in `modules`."""
     conv_rank = lora.conv_dims[0]
-    return sum(lora.rank * io + conv_rank * conv_io for _, io, _, conv_io, _ in _rows(lora, modules))
+    return sum(
+        lora.rank * io + conv_rank * conv_io for _, io, _, conv_io, _ in _rows(lora, modules)
+    )
 
 
 def lora_optimizer_bytes(lora: LoraConfig, modules: list[str], optimizer: str) -> float:
