@@ -248,3 +248,33 @@ def test_a_lora_stage_refuses_deepspeed(tiny_sdxl):
     stage = StageConfig(name="main", method="lora")
     with pytest.raises(TrainingError, match="without DeepSpeed"):
         add_adapters(copy.deepcopy(tiny_sdxl), stage, deepspeed=True)
+
+
+def test_cli_export_hash_and_card_of_a_lora(trained):
+    from typer.testing import CliRunner
+
+    from tagtune.catalog import open_catalog
+    from tagtune.cli.main import app
+
+    ws = trained[0]
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(ws.root), "--force", "--json"])
+    assert result.exit_code == 0, result.output
+    path = Path(json.loads(result.output.strip().splitlines()[-1])["path"])
+    with safe_open(path, "pt") as f:  # fp16, the recipe's export dtype
+        meta = f.metadata()
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    hashed = runner.invoke(app, ["hash", str(path), "--json"])
+    assert json.loads(hashed.output)[str(path)]["autov3"] == meta["sshs_model_hash"]
+    with open_catalog(ws.catalog_path) as con:
+        con.execute(
+            "INSERT INTO recommended_tags (subset, rank, tag, jaccard, count) "
+            "VALUES ('all', 1, 'blue sky', 0.4, 4)"
+        )
+    card = runner.invoke(app, ["card", str(ws.root), "--force"])
+    assert card.exit_code == 0, card.output
+    text = (ws.out_dir / "tagtune-sdxl-lora.md").read_text()
+    assert "| Type | LoRA (kohya format), SDXL 1.0; rank 4, alpha 2 |" in text
+    assert "| LoRA for | tiny-sdxl(seed=0) |" in text
+    assert "`<lora:tagtune-sdxl-lora:1>`" in text
+    assert f"`{meta['sshs_model_hash']}`" in text  # AutoV3 among the file's hashes

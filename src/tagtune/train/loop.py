@@ -30,7 +30,7 @@ from tagtune.train.data import (
     sample_draws,
     steps_per_epoch,
 )
-from tagtune.train.lora import add_adapters, merge_adapters
+from tagtune.train.lora import add_adapters, dropout_draws, merge_adapters
 from tagtune.train.loss import diffusion_loss, training_scheduler
 from tagtune.train.monitor import Monitor
 from tagtune.train.optim import (
@@ -242,7 +242,7 @@ def forward_backward(
     latents = job.latents.load(records).to(rt.device, dtype)
     time_ids = job.latents.time_ids(records).to(rt.device, dtype)
     draws = sample_draws(items, offset, tuple(latents.shape[1:]), job.stage, key)
-    with rt.autocast():
+    with rt.autocast(), dropout_draws(job.stage, key, rt.rank, rt.device):
         embeds, pooled = encoder(draws.captions)
         per_sample = diffusion_loss(
             job.components.unet,

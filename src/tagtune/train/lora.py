@@ -16,6 +16,7 @@ sd-scripts' `networks.lora` layout), so every trained LoRA exports to a kohya fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,31 @@ def _peft_config(module: torch.nn.Module, paths: list[str], lora: LoraConfig) ->
     )
 
 
+def key_seed(*key: int | str) -> int:
+    """A seed from a tuple key (stable across runs, processes and machines)."""
+    digest = hashlib.sha256(":".join(map(str, key)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def init_seed(seed: int, stage_index: int, name: str) -> int:
     """The seed of a module's LoRA initialisation: the same on every process and every run."""
-    digest = hashlib.sha256(f"lora-init:{seed}:{stage_index}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return key_seed("lora-init", seed, stage_index, name)
+
+
+@contextlib.contextmanager
+def dropout_draws(stage: Any, key: tuple[int, ...], rank: int, device: torch.device):
+    """Key the LoRA dropout of one micro-batch's forward pass by (seed, stage, step, micro-batch,
+    process): peft's dropout draws from torch's global RNG, which is seeded from the key here
+    and put back afterwards, so a resumed run drops what the uninterrupted one dropped. A
+    no-op for a full stage and for a LoRA without dropout."""
+    lora = stage_lora(stage)
+    if lora is None or not lora.dropout:
+        yield
+        return
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(key_seed("lora-dropout", *key, rank))
+        yield
 
 
 def add_adapters(
