@@ -278,3 +278,23 @@ def test_cli_export_hash_and_card_of_a_lora(trained):
     assert "| LoRA for | tiny-sdxl(seed=0) |" in text
     assert "`<lora:tagtune-sdxl-lora:1>`" in text
     assert f"`{meta['sshs_model_hash']}`" in text  # AutoV3 among the file's hashes
+
+
+def test_export_every_epoch_of_a_lora_stage_writes_kohya_loras(tmp_path, tiny_sdxl):
+    from tagtune.models.lora_format import read_lora
+
+    recipe = _lora_recipe(epochs=2, lora={"rank": 2}, lr_text_encoder=0.0)
+    recipe.train.export_every_epoch = True
+    ws, latents = make_training_workspace(tmp_path / "ws", recipe, n=2)
+    run_training(ws, components=copy.deepcopy(tiny_sdxl), latents=latents, progress=False)
+    exports = sorted((ws.root / "runs/run1/main/exports").iterdir())
+    assert [p.name for p in exports] == ["tagtune-sdxl-main-e001.safetensors",
+                                         "tagtune-sdxl-main-e002.safetensors"]  # fmt: skip
+    modules, meta = read_lora(exports[-1])
+    assert len(modules) == 140 + 582  # U-Net attention + feed-forward
+    assert meta["ss_network_dim"] == "2" and meta["ss_epoch"] == "2"
+    # the last epoch's file is the stage's LoRA, as `tagtune export` writes it
+    state = load_file(ws.root / "runs/run1/main/states/step-2/unet.safetensors")
+    key = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.default.weight"
+    name = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    assert torch.equal(modules[name].up.float(), state[key].half().float())

@@ -44,35 +44,69 @@ def module_alpha(down: torch.Tensor, lora: LoraConfig) -> float:
 
 
 def state_lora_modules(state: Path, lora: LoraConfig) -> dict[str, Any]:
-    """The kohya modules of a LoRA stage's state: peft's A is kohya's down, B its up.
-
-    Anything but LoRA A/B pairs in the state (DoRA magnitudes, a full stage's weights) is a
-    TrainingError: a kohya file could not hold it.
-    """
+    """The kohya modules of a LoRA stage's state (see `kohya_modules`)."""
     from safetensors.torch import load_file
 
+    files = {n: Path(state) / f"{n}.safetensors" for n in COMPONENTS}
+    return kohya_modules({n: load_file(f) for n, f in files.items() if f.is_file()}, lora, state)
+
+
+def kohya_modules(
+    weights: dict[str, dict[str, torch.Tensor]], lora: LoraConfig, source: Path | None = None
+) -> dict[str, Any]:
+    """Kohya modules from the adapters' tensors per module name: peft's A is kohya's down,
+    B its up. Anything but LoRA A/B pairs (DoRA magnitudes, a full stage's weights) is a
+    TrainingError: a kohya file could not hold it."""
     from tagtune.models.lora_format import LoraModule, kohya_name
 
     modules: dict[str, LoraModule] = {}
-    for name, component in COMPONENTS.items():
-        file = Path(state) / f"{name}.safetensors"
-        if not file.is_file():
-            continue
-        tensors = load_file(file)
+    for name, tensors in weights.items():
         odd = sorted(k for k in tensors if not k.endswith((DOWN, UP)))
         if odd:
             raise TrainingError(
-                f"the state holds {len(odd)} tensors a kohya LoRA cannot (first: {odd[0]})",
-                file=file, hint="only a LoRA stage without dora exports as a kohya LoRA",
+                f"{name}: {len(odd)} tensors a kohya LoRA cannot hold (first: {odd[0]})",
+                file=source, hint="only a LoRA stage without dora exports as a kohya LoRA",
             )  # fmt: skip
         for key, down in tensors.items():
             if key.endswith(DOWN):
                 path = key.removesuffix(DOWN)
                 up = tensors[path + UP]
-                modules[kohya_name(component, path)] = LoraModule(
-                    down, up, module_alpha(down, lora)
+                modules[kohya_name(COMPONENTS[name], path)] = LoraModule(
+                    down.detach().cpu(), up.detach().cpu(), module_alpha(down, lora)
                 )
     return modules
+
+
+def export_epoch_lora(
+    components: Any, stage: StageConfig, recipe: Recipe, out: Path, epoch: int, step: int
+) -> Path | None:
+    """`train.export_every_epoch` for a LoRA stage: the adapters now, as a kohya LoRA with the
+    network keys and ModelSpec (the full `ss_*` set comes with `tagtune export`)."""
+    from tagtune.models.lora_format import write_lora
+    from tagtune.models.modelspec import modelspec_metadata
+    from tagtune.train.lora import has_adapters
+    from tagtune.train.state import trained_weights
+
+    lora = stage_lora(stage)
+    if lora is None or lora.dora:
+        return None
+    weights = {
+        n: trained_weights(getattr(components, n))
+        for n in COMPONENTS
+        if has_adapters(getattr(components, n))
+    }
+    meta = modelspec_metadata(
+        f"{recipe.project.name}-{stage.name}-e{epoch:03d}",
+        prediction_type=recipe.model.prediction_type,
+        extra={
+            "ss_network_module": NETWORK_MODULE, "ss_network_dim": str(lora.rank),
+            "ss_network_alpha": str(lora.scale_alpha), "ss_base_model_version": BASE_MODEL_VERSION,
+            "ss_epoch": str(epoch), "ss_steps": str(step), "ss_output_name": out.stem,
+        },
+    )  # fmt: skip
+    meta["modelspec.architecture"] = LORA_ARCHITECTURE
+    dtype = DTYPES[recipe.export.dtype]
+    return write_lora(out, kohya_modules(weights, lora), meta, dtype=dtype, force=True)
 
 
 def legacy_hash(data: bytes | Path) -> str:

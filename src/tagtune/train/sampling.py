@@ -135,12 +135,16 @@ def epoch_hook(
             sample_images(components, cfg, stage_dir / "samples" / f"epoch-{epoch:03d}", label)
         if cfg.export_every_epoch:
             from tagtune.train.export import export_components
+            from tagtune.train.lora_export import export_epoch_lora
 
             out = (
                 stage_dir
                 / "exports"
                 / f"{recipe.project.name}-{stage.name}-e{epoch:03d}.safetensors"
             )
-            export_components(components, out, recipe, dtype=recipe.export.dtype)
+            if stage.method == "lora":  # its LoRA as a kohya file (none for DoRA)
+                export_epoch_lora(components, stage, recipe, out, epoch, step)
+            else:
+                export_components(components, out, recipe, dtype=recipe.export.dtype)
 
     return hook
