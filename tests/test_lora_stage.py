@@ -298,3 +298,32 @@ def test_export_every_epoch_of_a_lora_stage_writes_kohya_loras(tmp_path, tiny_sd
     key = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.default.weight"
     name = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
     assert torch.equal(modules[name].up.float(), state[key].half().float())
+
+
+@pytest.mark.slow
+def test_a_lora_stage_learns_on_held_out_images(tmp_path, tiny_sdxl):
+    # LoCon rank 16 on the theme collection (40 images of two colour themes, 8 held out).
+    # Measured (2 cores, load ~7): held-out loss 1.1086 -> 0.5685 after 32 steps, 0.5595
+    # after 64; the conditioning gap stays near 0 (-0.0003, -0.0018), where full training
+    # opens it to 18% in 144 steps (tests/test_learning.py): measured, not asserted to open.
+    from tagtune.train.synthetic import make_theme_workspace
+
+    lora = {"rank": 16, "alpha": 32.0, "targets": ["attention", "feed_forward", "convs"]}
+    recipe = tiny_train_recipe(
+        epochs=4, batch_size=4, lr_unet=1e-2, lr_text_encoder=1e-3, lr_text_encoder_2=1e-3,
+        scheduler="constant", warmup_ratio=0.0, min_snr_gamma=5.0, method="lora", lora=lora,
+    )  # fmt: skip
+    recipe.validation.count = 8
+    recipe.validation.every_n_epochs = 4
+    components = copy.deepcopy(tiny_sdxl)
+    ws, latents = make_theme_workspace(tmp_path / "ws", recipe, components.vae, n=40)
+    stage = run_training(ws, components=components, latents=latents, progress=False).ran[0]
+    start, end = stage["validation"]["evaluations"][0], stage["validation"]["evaluations"][-1]
+    assert (start["step"], end["step"]) == (0, 32)
+    print(
+        f"LoRA learning (start, end): {[(start[k], end[k]) for k in ('loss', 'conditioning_gap')]}"
+    )
+    assert end["loss"] < 0.7 * start["loss"]
+    assert abs(start["conditioning_gap"]) < 0.01 and abs(end["conditioning_gap"]) < 1.0
+    logs = list((ws.root / "runs/run1/main/logs").iterdir())
+    assert logs  # TensorBoard events, as for a full stage
