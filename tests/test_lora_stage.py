@@ -327,3 +327,15 @@ def test_a_lora_stage_learns_on_held_out_images(tmp_path, tiny_sdxl):
     assert abs(start["conditioning_gap"]) < 0.01 and abs(end["conditioning_gap"]) < 1.0
     logs = list((ws.root / "runs/run1/main/logs").iterdir())
     assert logs  # TensorBoard events, as for a full stage
+
+
+def test_a_state_from_before_lora_stages_still_resumes_and_a_method_change_does_not():
+    from tagtune.train.loop import check_resumable
+
+    stage = StageConfig(name="main")
+    old = {k: v for k, v in stage.model_dump(mode="json").items() if k not in ("method", "lora")}
+    meta = {"steps_per_epoch": 3, "settings": old, "seed": 42}
+    check_resumable(meta, 3, Path("state"), stage, 42)  # keys added since: their defaults
+    lora = stage.model_copy(update={"method": "lora"})
+    with pytest.raises(TrainingError, match="method 'full' -> 'lora'"):
+        check_resumable(meta, 3, Path("state"), lora, 42)
