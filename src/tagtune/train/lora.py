@@ -24,7 +24,9 @@ from typing import Any
 import torch
 
 from tagtune.errors import TrainingError
+from tagtune.models.lora_format import lora_targets
 from tagtune.recipe_lora import LoraConfig, stage_lora
+from tagtune.train.state import load_weights, trained_weights
 
 ADAPTER = "default"
 """peft's adapter name: state keys read `<layer>.lora_A.default.weight`."""
@@ -53,8 +55,6 @@ def target_category(component: str, path: str) -> str:
 
 def target_paths(components: Any, lora: LoraConfig) -> dict[str, list[str]]:
     """Module paths to give a LoRA, per trainable module name (all of them, lr aside)."""
-    from tagtune.models.lora_format import lora_targets
-
     convs = "convs" in lora.targets
     out: dict[str, list[str]] = {name: [] for name in COMPONENTS}
     by_component = {c: n for n, c in COMPONENTS.items()}
@@ -190,8 +190,6 @@ def merge_adapters(components: Any) -> list[str]:
 
 def apply_lora_state(components: Any, stage: Any, state: Path) -> list[str]:
     """Merge a finished LoRA stage's final state into the components (the stage chain)."""
-    from tagtune.train.state import load_weights, trained_weights
-
     names = add_adapters(components, stage)
     for name in names:
         module = getattr(components, name)
@@ -201,13 +199,3 @@ def apply_lora_state(components: Any, stage: Any, state: Path) -> list[str]:
                 file=Path(state) / f"{name}.safetensors",
             )
     return merge_adapters(components)
-
-
-def adapter_count(components: Any) -> int:
-    """Number of LoRA parameters (elements) in the components now."""
-    return sum(
-        p.numel()
-        for name in COMPONENTS
-        for n, p in getattr(components, name).named_parameters()
-        if LORA_MARK in n
-    )

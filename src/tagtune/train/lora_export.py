@@ -23,10 +23,15 @@ from typing import Any
 
 import torch
 
+from tagtune.catalog import check_subset, open_catalog
 from tagtune.errors import TrainingError
+from tagtune.models.lora_format import LoraModule, kohya_name, write_lora
+from tagtune.models.modelspec import modelspec_metadata
 from tagtune.recipe import Recipe, StageConfig
 from tagtune.recipe_lora import LoraConfig, stage_lora
-from tagtune.train.lora import ADAPTER, COMPONENTS
+from tagtune.subset_sql import stage_field
+from tagtune.train.lora import ADAPTER, COMPONENTS, has_adapters
+from tagtune.train.state import trained_weights
 from tagtune.workspace import Workspace
 
 NETWORK_MODULE = "networks.lora"
@@ -57,8 +62,6 @@ def kohya_modules(
     """Kohya modules from the adapters' tensors per module name: peft's A is kohya's down,
     B its up. Anything but LoRA A/B pairs (DoRA magnitudes, a full stage's weights) is a
     TrainingError: a kohya file could not hold it."""
-    from tagtune.models.lora_format import LoraModule, kohya_name
-
     modules: dict[str, LoraModule] = {}
     for name, tensors in weights.items():
         odd = sorted(k for k in tensors if not k.endswith((DOWN, UP)))
@@ -82,11 +85,6 @@ def export_epoch_lora(
 ) -> Path | None:
     """`train.export_every_epoch` for a LoRA stage: the adapters now, as a kohya LoRA with the
     network keys and ModelSpec (the full `ss_*` set comes with `tagtune export`)."""
-    from tagtune.models.lora_format import write_lora
-    from tagtune.models.modelspec import modelspec_metadata
-    from tagtune.train.lora import has_adapters
-    from tagtune.train.state import trained_weights
-
     lora = stage_lora(stage)
     if lora is None or lora.dora:
         return None
@@ -148,9 +146,6 @@ def sshs_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> d
 
 def stage_tag_frequency(ws: Workspace, recipe: Recipe, stage: StageConfig) -> dict[str, int]:
     """Caption tag counts over the stage's subset (every tag, most frequent first)."""
-    from tagtune.catalog import check_subset, open_catalog
-    from tagtune.subset_sql import stage_field
-
     if not ws.catalog_path.exists():
         return {}
     with open_catalog(ws.catalog_path, read_only=True) as con:
@@ -251,9 +246,6 @@ def export_lora(
     (the LoRA applies to the weights they left). Returns the path and the export record's
     `lora` entry (rank, alpha, modules, base) for run.json and the model card.
     """
-    from tagtune.models.lora_format import write_lora
-    from tagtune.models.modelspec import modelspec_metadata
-
     stage = StageConfig.model_validate(entry["settings"])
     lora = stage_lora(stage)
     if lora is None or lora.dora:
