@@ -46,9 +46,9 @@ FROM posts
 
 def build_workspace(out: Path, n: int) -> Path:
     """A workspace with a catalog of `n` synthetic posts (reused when already built)."""
-    from tagtune.catalog import open_catalog
+    from tagtune.core.catalog import open_catalog
+    from tagtune.core.workspace import init_workspace
     from tagtune.synthetic import write_jsonl_dump
-    from tagtune.workspace import init_workspace
 
     ws_dir = out / f"caption-ws-{n}"
     marker = ws_dir / ".loaded"
@@ -90,8 +90,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     from tagtune.caption_build import build_captions
+    from tagtune.core.workspace import open_workspace
     from tagtune.tokens import TokenCounter
-    from tagtune.workspace import open_workspace
 
     ws = open_workspace(build_workspace(args.out, args.n))
     t = time.perf_counter()

@@ -16,9 +16,9 @@ import shutil
 import time
 from pathlib import Path
 
+from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest
 from tagtune.synthetic import write_jsonl_dump
-from tagtune.workspace import init_workspace
 
 
 def main() -> None:

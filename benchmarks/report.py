@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from tagtune.caption_build import build_captions
+from tagtune.core.workspace import init_workspace, open_workspace
 from tagtune.ingest import ingest
 from tagtune.report import write_report
 from tagtune.synthetic import write_jsonl_dump
-from tagtune.workspace import init_workspace, open_workspace
 
 
 def build_catalog(out: Path, n: int) -> Path:

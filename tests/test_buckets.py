@@ -14,7 +14,7 @@ from tagtune.buckets import (
     plan_steps,
     resize_and_crop_params,
 )
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 from tagtune.recipe import BucketConfig, StageConfig, reference_stages
 
 SDXL = BucketConfig()  # resolution 1024, sides 512..2048, step 64

@@ -6,11 +6,11 @@ import pytest
 
 from cli_main import run_cli
 from tagtune.caption_build import build_captions
-from tagtune.catalog import open_catalog
-from tagtune.errors import InputError
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import InputError
+from tagtune.core.workspace import init_workspace
 from tagtune.ingest.driver import sync_with_recipe
 from tagtune.recipe import parse_recipe
-from tagtune.workspace import init_workspace
 
 POSTS = """
 INSERT INTO posts (id, md5, score, rating, date, tags_copyright, tags_general, favorite) VALUES

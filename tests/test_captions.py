@@ -17,7 +17,7 @@ from tagtune.captions import (
     rating_tags,
     tag_text,
 )
-from tagtune.errors import RecipeError
+from tagtune.core.errors import RecipeError
 from tagtune.recipe import CaptionConfig, parse_recipe
 
 CFG = CaptionConfig()

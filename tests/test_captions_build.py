@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 from tagtune import caption_build, caption_fast, caption_write
 from tagtune.caption_build import build_captions, show_caption
 from tagtune.caption_sidecars import sidecar_path
-from tagtune.catalog import open_catalog
 from tagtune.cli.main import app
-from tagtune.errors import InputError, WorkspaceError
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import InputError, WorkspaceError
+from tagtune.core.workspace import init_workspace
 from tagtune.ingest.driver import sync_with_recipe
 from tagtune.recipe import parse_recipe
 from tagtune.tokens import TokenCounter
-from tagtune.workspace import init_workspace
 
 POSTS = """
 INSERT INTO posts (id, md5, score, rating, date, created_at, tags_artist, tags_copyright,

@@ -58,8 +58,8 @@ def test_demo_prints_validation_before_and_after_each_stage(capsys):
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
+    from tagtune.core.errors import InputError
     from tagtune.demo import run_demo
-    from tagtune.errors import InputError
 
     precious = tmp_path / "precious"
     precious.mkdir()

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tagtune.cli.main import app
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 from tagtune.generate import (
     SCHEDULERS,
     LoadedModel,

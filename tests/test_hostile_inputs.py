@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from tagtune.cli.main import main
+from tagtune.core.workspace import init_workspace
 from tagtune.models.configs import METADATA_KEY, sdxl_base_configs
 from tagtune.models.save import save_single_file
 from tagtune.synthetic import shape_image
-from tagtune.workspace import init_workspace
 
 
 @dataclass

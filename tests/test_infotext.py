@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 from tagtune.infotext import (
     Infotext,
     format_infotext,

@@ -10,12 +10,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tagtune.catalog import open_catalog, subset_where
-from tagtune.errors import InputError
+from tagtune.core.catalog import open_catalog, subset_where
+from tagtune.core.errors import InputError
+from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest, update_favorites
 from tagtune.recipe import IngestConfig, Recipe, SafetyConfig
 from tagtune.synthetic import shape_image, write_collection
-from tagtune.workspace import init_workspace
 
 
 def post(pid: int, **over) -> dict:

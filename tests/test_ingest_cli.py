@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tagtune.cli.main import app
-from tagtune.errors import InputError, WorkspaceError
+from tagtune.core.errors import InputError, WorkspaceError
+from tagtune.core.workspace import init_workspace
 from tagtune.synthetic import write_collection
-from tagtune.workspace import init_workspace
 
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from tagtune.buckets import resize_and_crop_params
-from tagtune.errors import InputError, WorkspaceError
+from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.latent_images import ImageJob, decode_job
 from tagtune.latents import (
     PrepareItem,

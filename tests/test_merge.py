@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from tagtune.cli.main import app
-from tagtune.errors import InputError, ModelFileError
+from tagtune.core.errors import InputError, ModelFileError
 from tagtune.merge import MergeSpec, merge_checkpoints
 from tagtune.merge_blocks import BLOCK_NAMES, block_of, parse_blocks
 

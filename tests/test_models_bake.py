@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from tagtune.cli.main import app
-from tagtune.errors import InputError, ModelFileError
+from tagtune.core.errors import InputError, ModelFileError
 from tagtune.hashes import file_hashes
 from tagtune.models.safetensors_io import load_tensors, read_header, write_safetensors
 from tagtune.models.save import save_diffusers, save_single_file

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import torch
 
-from tagtune.errors import DependencyError, ModelFileError
+from tagtune.core.errors import DependencyError, ModelFileError
 from tagtune.hashes import file_hashes
 from tagtune.models.load import load_model, read_checkpoint
 from tagtune.models.modelspec import modelspec_metadata

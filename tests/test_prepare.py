@@ -12,13 +12,13 @@ import torch
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
-from tagtune.catalog import open_catalog
 from tagtune.cli.main import app
-from tagtune.errors import InputError, RecipeError, WorkspaceError
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import InputError, RecipeError, WorkspaceError
+from tagtune.core.workspace import Workspace, init_workspace
 from tagtune.latents import open_latent_cache
 from tagtune.prepare import bucket_chart, plan_workspace, prepare_workspace
 from tagtune.recipe import BucketConfig, Recipe
-from tagtune.workspace import Workspace, init_workspace
 
 runner = CliRunner()
 

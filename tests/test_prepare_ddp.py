@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from tagtune.catalog import open_catalog
+from tagtune.core.catalog import open_catalog
+from tagtune.core.workspace import init_workspace
 from tagtune.latents import open_latent_cache
 from tagtune.models.save import save_single_file
-from tagtune.workspace import init_workspace
 from test_prepare import make_prepare_workspace
 
 

@@ -7,10 +7,10 @@ import tomllib
 
 import pytest
 
-from tagtune.errors import RecipeError
+from tagtune.core.errors import RecipeError
+from tagtune.core.workspace import init_workspace, open_workspace
 from tagtune.recipe import Recipe, load_recipe, parse_recipe
 from tagtune.recipe_toml import render_recipe
-from tagtune.workspace import init_workspace, open_workspace
 
 
 def test_defaults_are_the_reference_workflow():

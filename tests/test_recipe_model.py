@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tagtune.catalog import open_catalog
-from tagtune.errors import ModelFileError, WorkspaceError
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import ModelFileError, WorkspaceError
 from tagtune.hashes import file_hashes
 from tagtune.latents import PrepareItem, encode_images, vae_fingerprint
 from tagtune.models.recipe_model import load_recipe_model
@@ -125,7 +125,7 @@ def test_bf16_training_finds_the_cache_prepare_wrote_in_fp32(tmp_path, tiny_sdxl
     ws = _workspace(tmp_path, tiny_sdxl, n=2)
     recipe = ws.recipe()
     recipe.train.weight_dtype = "bf16"
-    from tagtune.workspace import init_workspace
+    from tagtune.core.workspace import init_workspace
 
     init_workspace(ws.root, recipe, force=True)
     encode_images(_add_images(ws, 2), tiny_sdxl.vae, ws.cache_dir, BUCKETS, workers=0)

@@ -17,11 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from browser import Browser, find_chromium
-from tagtune.catalog import open_catalog
 from tagtune.cli.main import app
-from tagtune.errors import InputError, WorkspaceError
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import InputError, WorkspaceError
+from tagtune.core.workspace import init_workspace
 from tagtune.report import watch_report, write_report
-from tagtune.workspace import init_workspace
 
 SECTIONS = ("dataset", "buckets", "runs", "outputs")
 HOSTILE = "<script>document.title='pwned'</script>"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tagtune.errors import ModelFileError
+from tagtune.core.errors import ModelFileError
 from tagtune.models.safetensors_io import (
     LazyTensor,
     iter_tensors,

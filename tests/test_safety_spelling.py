@@ -18,13 +18,13 @@ from tagtune.caption_build import build_captions, show_caption
 from tagtune.caption_fast import build_caption_arrays
 from tagtune.caption_sidecars import sidecar_path
 from tagtune.captions import build_caption
-from tagtune.catalog import open_catalog
+from tagtune.core.catalog import open_catalog
+from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest
 from tagtune.ingest.driver import sync_with_recipe
 from tagtune.recipe import CaptionConfig, parse_recipe
 from tagtune.tag_normalize import filter_key, normalize_tags, split_tags
 from tagtune.tokens import TokenCounter
-from tagtune.workspace import init_workspace
 
 LOLI = "safety: blocked tag loli"
 

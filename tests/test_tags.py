@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tagtune import tags as tg
-from tagtune.catalog import open_catalog
-from tagtune.errors import InputError, WorkspaceError
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.tags_chart import write_tags_chart
 from tagtune.tags_index import INDEX_FILE, build_index, load_index, save_index
 from test_tags_data import Post, add_posts, make_catalog, random_posts
@@ -299,7 +299,7 @@ def test_index_round_trips_through_the_cache_file(tmp_path):
 @pytest.mark.parametrize("clause", ["1=1) or (1=1", "TRUE) OR (TRUE", "score > 0; DROP TABLE posts",
                                     "score > 0 -- x", "rating = 'g", "(score > 0"])  # fmt: skip
 def test_a_subset_clause_cannot_reach_around_the_safety_filter(clause):
-    from tagtune.catalog import subset_where
+    from tagtune.core.catalog import subset_where
 
     with pytest.raises(InputError, match="not a subset condition"):
         subset_where(clause)

@@ -10,9 +10,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from tagtune.catalog import open_catalog
 from tagtune.cli.main import app
-from tagtune.errors import InputError
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import InputError
 from test_tags_data import Post, make_catalog
 
 runner = CliRunner()

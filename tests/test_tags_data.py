@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tagtune.catalog import open_catalog
-from tagtune.workspace import Workspace, init_workspace
+from tagtune.core.catalog import open_catalog
+from tagtune.core.workspace import Workspace, init_workspace
 
 ARTISTS = ["artist a", "artist b", "artist c"]
 COPYRIGHTS = ["original", "fate (series)"]

@@ -72,7 +72,7 @@ def test_approximation_is_labelled_and_counts_pretokens():
 
 def test_a_file_that_is_not_the_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
     from tagtune import clip_vocab
-    from tagtune.errors import DependencyError
+    from tagtune.core.errors import DependencyError
 
     bogus = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
     bogus.write_text("not gzip")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tagtune.cli.main import app
-from tagtune.errors import WorkspaceError
+from tagtune.core.errors import WorkspaceError
 from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 
 

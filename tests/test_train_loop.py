@@ -10,7 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tagtune.errors import TrainingError
+from tagtune.core.errors import TrainingError
+from tagtune.core.workspace import init_workspace
 from tagtune.latents import vae_fingerprint
 from tagtune.recipe import StageConfig
 from tagtune.train.data import Example
@@ -18,7 +19,6 @@ from tagtune.train.loss import diffusion_loss, training_scheduler
 from tagtune.train.stages import run_training
 from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 from tagtune.train.te_cache import Encoder
-from tagtune.workspace import init_workspace
 
 FROZEN_TE = {"lr_text_encoder": 0.0, "lr_text_encoder_2": 0.0}
 

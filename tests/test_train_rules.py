@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tagtune.errors import DependencyError
+from tagtune.core.errors import DependencyError
 from tagtune.recipe import StageConfig
 from tagtune.train.data import (
     Example,

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from drills import assert_like_one_process
-from tagtune.errors import TrainingError
+from tagtune.core.errors import TrainingError
 from tagtune.train.stages import run_training
 from tagtune.train.synthetic import free_port, make_training_workspace, tiny_train_recipe
 from tagtune.train.zero import check_zero_state, deepspeed_config

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from tagtune.errors import RecipeError, TrainingError
+from tagtune.core.errors import RecipeError, TrainingError
 from tagtune.recipe import StageConfig, parse_recipe
 from tagtune.recipe_validation import ValidationConfig
 from tagtune.train.runtime import Runtime

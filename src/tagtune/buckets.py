@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import reduce
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 from tagtune.recipe import BucketConfig, StageConfig
 
 Bucket = tuple[int, int]

@@ -19,17 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from tagtune.atomic import atomic_path
 from tagtune.caption_sidecars import sync_sidecars
 from tagtune.caption_write import ChunkWriter, chunk_tables, concat_chunks, write_jsonl
 from tagtune.captions import TAG_GROUPS, build_caption, explain_caption
-from tagtune.catalog import open_catalog
-from tagtune.errors import InputError, WorkspaceError
+from tagtune.core.atomic import atomic_path
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import InputError, WorkspaceError
+from tagtune.core.stale_temps import clean_stale_temps
+from tagtune.core.workspace import Workspace
 from tagtune.recipe import CaptionConfig, SafetyConfig
 from tagtune.safety import CAPTION_VERDICT
-from tagtune.stale_temps import clean_stale_temps
 from tagtune.tokens import TokenCounter
-from tagtune.workspace import Workspace
 
 TOKEN_LIMITS = (75, 150, 225)
 """Caption lengths reported: training reads 75-token chunks, up to 225 tokens."""

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tagtune.captions import TAG_GROUPS, escape_parentheses, tag_text
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 from tagtune.recipe import CaptionConfig, SafetyConfig
 from tagtune.safety import blocked_lists, caption_hit_positions, caption_reasons
 from tagtune.tokens import TokenCounter

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tagtune.atomic import write_text_atomic
-from tagtune.errors import InputError
-from tagtune.stale_temps import clean_stale_temps_in
-from tagtune.workspace import Workspace
+from tagtune.core.atomic import write_text_atomic
+from tagtune.core.errors import InputError
+from tagtune.core.stale_temps import clean_stale_temps_in
+from tagtune.core.workspace import Workspace
 
 TABLE = """
 CREATE TABLE IF NOT EXISTS sidecars (

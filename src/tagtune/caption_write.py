@@ -13,8 +13,8 @@ import queue
 import threading
 from pathlib import Path
 
-from tagtune.atomic import atomic_path
-from tagtune.catalog import SCHEMA
+from tagtune.core.atomic import atomic_path
+from tagtune.core.catalog import SCHEMA
 
 BATCH_ROWS = 25_000
 """Rows per Arrow record batch handed to DuckDB (it can scan batches in parallel)."""

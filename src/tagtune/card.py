@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tagtune.atomic import write_text_atomic
-from tagtune.errors import WorkspaceError
-from tagtune.outputs import claim_output
-from tagtune.workspace import Workspace, open_workspace
+from tagtune.core.atomic import write_text_atomic
+from tagtune.core.errors import WorkspaceError
+from tagtune.core.outputs import claim_output
+from tagtune.core.workspace import Workspace, open_workspace
 
 RUN_FILE = "run.json"
 MODEL_TYPE = "Full fine-tune, SDXL 1.0"
@@ -95,7 +95,7 @@ def _load_run(ws: Workspace, run: str) -> tuple[Path, dict[str, Any]]:
 
 
 def _recommended(ws: Workspace) -> tuple[str, list[str]]:
-    from tagtune.catalog import open_catalog
+    from tagtune.core.catalog import open_catalog
 
     if not ws.catalog_path.is_file():
         raise WorkspaceError("no catalog", file=ws.catalog_path, hint="run `tagtune ingest` first")

@@ -16,7 +16,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tagtune.errors import DependencyError
+from tagtune.core.errors import DependencyError
 
 VOCAB_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 
 CHUNK = 75
 Segments = list[tuple[str, float]]

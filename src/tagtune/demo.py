@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 from tagtune.recipe import (
     BucketConfig,
     ExportConfig,
@@ -131,6 +131,7 @@ def run_demo(
 
     from tagtune.caption_build import build_captions
     from tagtune.card import write_card
+    from tagtune.core.workspace import init_workspace
     from tagtune.generate import generate
     from tagtune.hashes import file_hashes
     from tagtune.ingest.driver import ingest
@@ -143,7 +144,6 @@ def run_demo(
     from tagtune.train.export import export_model
     from tagtune.train.sampling import save_grid
     from tagtune.train.stages import run_training
-    from tagtune.workspace import init_workspace
 
     root = Path(folder)
     if root.exists():

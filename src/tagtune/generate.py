@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagtune.errors import DependencyError, InputError
+from tagtune.core.errors import DependencyError, InputError
+from tagtune.core.outputs import claim_output
 from tagtune.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
-from tagtune.outputs import claim_output
 from tagtune.recipe import MAX_SIDE
 
 # our sampler name -> (diffusers scheduler class, config overrides)

@@ -24,9 +24,9 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from tagtune.errors import InputError
-from tagtune.untrusted import open_regular
-from tagtune.workers import Background
+from tagtune.core.errors import InputError
+from tagtune.core.untrusted import open_regular
+from tagtune.core.workers import Background
 
 CHUNK_BYTES = 8 * 1024 * 1024
 POOL_BUFFERS = 6

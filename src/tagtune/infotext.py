@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 
 # our sampler name -> A1111's label (older single-label form for Karras variants,
 # which every reader still understands)
@@ -167,7 +167,7 @@ def write_png(image, path: str | Path, info: Infotext) -> Path:
     """Save a PIL image as PNG with the infotext in its `parameters` tEXt chunk, atomically."""
     from PIL.PngImagePlugin import PngInfo
 
-    from tagtune.atomic import atomic_path
+    from tagtune.core.atomic import atomic_path
 
     meta = PngInfo()
     meta.add_text(PARAMETERS_KEY, format_infotext(info))

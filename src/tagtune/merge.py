@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from tagtune.atomic import atomic_path
-from tagtune.errors import InputError, ModelFileError
+from tagtune.core.atomic import atomic_path
+from tagtune.core.errors import InputError, ModelFileError
+from tagtune.core.outputs import claim_output
 from tagtune.merge_blocks import BLOCK_INDEX, block_of, parse_blocks, part_of
 from tagtune.merge_io import (
     DTYPE_NAMES,
@@ -38,7 +39,6 @@ from tagtune.merge_io import (
     to_tensor,
 )
 from tagtune.models.safetensors_io import Header, encode_header, itemsize
-from tagtune.outputs import claim_output
 
 MODES = ("weighted-sum", "add-difference")
 DEFAULT_ALPHA = 0.3

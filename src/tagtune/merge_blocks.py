@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 
 UNET_PREFIX = "model.diffusion_model."
 TEXT_ENCODER_PREFIXES = ("conditioner.embedders.0.", "conditioner.embedders.1.")

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from tagtune.errors import ModelFileError
+from tagtune.core.errors import ModelFileError
+from tagtune.core.workers import Background
 from tagtune.models.load import PICKLE_SUFFIXES
 from tagtune.models.safetensors_io import DTYPES, Header, itemsize, read_header
-from tagtune.workers import Background
 
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 DTYPE_NAMES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}

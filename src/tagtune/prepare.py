@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagtune.atomic import atomic_path
 from tagtune.buckets import Bucket, StagePlan, count_buckets, plan_steps
-from tagtune.catalog import CatalogBusyError, check_subset, open_catalog
-from tagtune.errors import RecipeError, WorkspaceError
+from tagtune.core.atomic import atomic_path
+from tagtune.core.catalog import CatalogBusyError, check_subset, open_catalog
+from tagtune.core.errors import RecipeError, WorkspaceError
+from tagtune.core.outputs import Inputs, claim_output
+from tagtune.core.subsets import stage_field
+from tagtune.core.workspace import Workspace
 from tagtune.latents import PrepareItem, PrepareResult, Problem, encode_images
-from tagtune.outputs import Inputs, claim_output
-from tagtune.subset_sql import stage_field
-from tagtune.workspace import Workspace
 
 PREPARE_STAGE = "prepare"
 

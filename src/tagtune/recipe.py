@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tagtune.errors import RecipeError
+from tagtune.core.errors import RecipeError
+from tagtune.core.untrusted import read_regular
 from tagtune.recipe_errors import recipe_error
 from tagtune.recipe_validation import ValidationConfig
-from tagtune.untrusted import read_regular
 
 SCHEMA_VERSION = 1
 RECIPE_FILE = "tagtune.toml"

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tagtune.errors import RecipeError
+from tagtune.core.errors import RecipeError
 
 
 def _loc_to_key(loc: tuple[Any, ...]) -> str:

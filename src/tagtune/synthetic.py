@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagtune.atomic import atomic_open
+from tagtune.core.atomic import atomic_open
 
 COLORS = [
     "red", "blue", "green", "yellow", "purple", "pink", "orange", "white", "black", "grey",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tagtune.atomic import atomic_path
-from tagtune.workspace import Workspace
+from tagtune.core.atomic import atomic_path
+from tagtune.core.workspace import Workspace
 
 GROUP_COLORS = {
     "artist": "#d62728",
@@ -110,8 +110,8 @@ def write_tags_chart(
     An existing `out` is replaced only with `force` (never the workspace's own records).
     """
     from tagtune import tags as tg
-    from tagtune.catalog import open_catalog
-    from tagtune.outputs import claim_output
+    from tagtune.core.catalog import open_catalog
+    from tagtune.core.outputs import claim_output
 
     claim_output(out, force=force, inputs=ws.inputs())
 

@@ -17,10 +17,10 @@ import duckdb
 import numpy as np
 import scipy.sparse as sp
 
-from tagtune.atomic import atomic_open
-from tagtune.catalog import check_subset, subset_where
-from tagtune.errors import WorkspaceError
-from tagtune.workspace import Workspace
+from tagtune.core.atomic import atomic_open
+from tagtune.core.catalog import check_subset, subset_where
+from tagtune.core.errors import WorkspaceError
+from tagtune.core.workspace import Workspace
 
 INDEX_FILE = "tag-index.npz"
 INDEX_VERSION = 1

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build every included post's caption: catalog table, captions.jsonl, optional sidecars."""
         from tagtune.caption_build import build_captions, show_caption
-        from tagtune.workspace import open_workspace
+        from tagtune.core.workspace import open_workspace
 
         w = open_workspace(ws)
         side = {"sidecars": sidecars, "sidecars_dir": sidecars_dir, "overwrite": overwrite}

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         """Generate images; each PNG carries A1111 infotext (Model hash = AutoV2)."""
         from rich.progress import Progress
 
-        from tagtune.errors import InputError
+        from tagtune.core.errors import InputError
         from tagtune.generate import generate as run_generate
         from tagtune.generate import params_from_png
 

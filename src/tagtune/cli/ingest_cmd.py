@@ -63,8 +63,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Build or update the workspace catalog from SOURCEs (re-running changes nothing)."""
+        from tagtune.core.workspace import open_workspace
         from tagtune.ingest import ingest as run_ingest
-        from tagtune.workspace import open_workspace
 
         w = open_workspace(ws)
         with _progress(not as_json) as progress:
@@ -92,8 +92,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Re-mark favorites from a list without re-ingesting; unknown entries are reported."""
+        from tagtune.core.workspace import open_workspace
         from tagtune.ingest import update_favorites
-        from tagtune.workspace import open_workspace
 
         result = update_favorites(open_workspace(ws), file, replace=replace)
         data = {
@@ -130,8 +130,8 @@ def register(app: typer.Typer) -> None:
         """Counts in the catalog: posts, images, favorites, per rating, per year, problems."""
         from rich.table import Table
 
+        from tagtune.core.workspace import open_workspace
         from tagtune.ingest import read_status
-        from tagtune.workspace import open_workspace
 
         data = read_status(open_workspace(ws))
         if as_json:

@@ -22,8 +22,8 @@ from tagtune.cli import (
     workspace_cmds,
 )
 from tagtune.cli.common import err_console, error_line
-from tagtune.errors import TagtuneError
-from tagtune.stale_temps import freed_total, reset_freed_total
+from tagtune.core.errors import TagtuneError
+from tagtune.core.stale_temps import freed_total, reset_freed_total
 
 app = typer.Typer(
     name="tagtune",

@@ -45,7 +45,7 @@ def _written(result, as_json: bool, title: str) -> None:
 def _hash_all(files: list[Path]) -> dict[str, dict]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from tagtune.errors import TagtuneError
+    from tagtune.core.errors import TagtuneError
     from tagtune.hashes import file_hashes
 
     results: dict[str, dict] = {}

@@ -98,8 +98,8 @@ def register(app: typer.Typer) -> None:
         --plan prints the bucket table and each stage's steps (no image is read).
         `tagtune prepare WS chart --out buckets.png` draws the bucket histogram.
         """
-        from tagtune.errors import InputError
-        from tagtune.workspace import open_workspace
+        from tagtune.core.errors import InputError
+        from tagtune.core.workspace import open_workspace
 
         if action is not None and action not in ACTIONS:
             raise InputError(

@@ -32,7 +32,7 @@ def _busy():
 
 
 def _workspace(ctx: typer.Context):
-    from tagtune.workspace import open_workspace
+    from tagtune.core.workspace import open_workspace
 
     return open_workspace(ctx.obj)
 

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Train the recipe's stages in order (all pending ones, or --stage NAME)."""
-        from tagtune.workspace import open_workspace
+        from tagtune.core.workspace import open_workspace
 
         ws = open_workspace(workspace)
         if dry_run:
@@ -81,9 +81,9 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Write a single-file SDXL checkpoint from a run's last completed stage."""
-        from tagtune.errors import InputError
+        from tagtune.core.errors import InputError
+        from tagtune.core.workspace import open_workspace
         from tagtune.train.export import export_model
-        from tagtune.workspace import open_workspace
 
         if dtype is not None and dtype not in ("fp16", "bf16", "fp32"):
             raise InputError(

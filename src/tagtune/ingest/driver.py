@@ -16,8 +16,9 @@ from typing import Any
 
 import duckdb
 
-from tagtune.catalog import open_catalog
-from tagtune.errors import InputError
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import InputError
+from tagtune.core.workspace import Workspace
 from tagtune.ingest.favorites import FavoritesResult, mark_favorites
 from tagtune.ingest.images import check_images, index_images
 from tagtune.ingest.normalize import (
@@ -48,7 +49,6 @@ from tagtune.ingest.sources import (
 from tagtune.recipe import Recipe
 from tagtune.safety import CAPTION_VERDICT, blocked_hits_sql, blocked_lists, blocked_sql
 from tagtune.tag_normalize import TAG_RULES, sql_functions
-from tagtune.workspace import Workspace
 
 
 def insert_rows(

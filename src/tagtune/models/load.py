@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import DependencyError, ModelFileError
+from tagtune.core.errors import DependencyError, ModelFileError
+from tagtune.core.untrusted import BadJSON, parse_json
 from tagtune.models import keys
 from tagtune.models.components import SDXLComponents
 from tagtune.models.configs import (
@@ -28,7 +29,6 @@ from tagtune.models.configs import (
     sdxl_base_configs,
 )
 from tagtune.models.safetensors_io import load_tensors, read_header
-from tagtune.untrusted import BadJSON, parse_json
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import WorkspaceError
+from tagtune.core.errors import WorkspaceError
+from tagtune.core.workspace import Workspace
 from tagtune.models.components import SDXLComponents
 from tagtune.recipe import Recipe
-from tagtune.workspace import Workspace
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import ModelFileError
+from tagtune.core.errors import ModelFileError
+from tagtune.core.outputs import claim_output
 from tagtune.models import keys
 from tagtune.models.configs import (
     METADATA_KEY,
@@ -30,7 +31,6 @@ from tagtune.models.configs import (
 from tagtune.models.load import read_checkpoint, read_folder_component, weights_file
 from tagtune.models.modelspec import HASH_KEY, vae_metadata
 from tagtune.models.safetensors_io import LazyTensor, lazy_tensors, write_safetensors
-from tagtune.outputs import claim_output
 
 DIFFUSERS_VAE_SIGNATURE = "encoder.down_blocks."
 LDM_VAE_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")

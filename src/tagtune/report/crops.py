@@ -16,12 +16,12 @@ from typing import Any
 import duckdb
 
 from tagtune.buckets import resize_and_crop_params
-from tagtune.catalog import subset_where
-from tagtune.errors import TagtuneError
+from tagtune.core.catalog import subset_where
+from tagtune.core.errors import TagtuneError
+from tagtune.core.workspace import Workspace
 from tagtune.latents import open_latent_cache
 from tagtune.report import charts
 from tagtune.report.assets import Assets
-from tagtune.workspace import Workspace
 
 THUMBS_PER_BUCKET = 3
 THUMB_SIDE = 176

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagtune.errors import TrainingError
-from tagtune.outputs import claim_output
+from tagtune.core.errors import TrainingError
+from tagtune.core.outputs import claim_output
+from tagtune.core.workspace import Workspace
 from tagtune.recipe import Recipe
 from tagtune.train import records as rec
-from tagtune.workspace import Workspace
 
 TOP_TAGS = 100
 
@@ -37,7 +37,7 @@ class ExportResult:
 
 def tag_frequency(ws: Workspace, top: int = TOP_TAGS) -> dict[str, int]:
     """The most frequent caption tags of the workspace with their counts (for the header)."""
-    from tagtune.catalog import open_catalog
+    from tagtune.core.catalog import open_catalog
 
     if not ws.catalog_path.exists():
         return {}

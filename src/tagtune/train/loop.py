@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import TrainingError
+from tagtune.core.errors import TrainingError
 from tagtune.recipe import StageConfig, TrainConfig
 from tagtune.train.data import (
     Example,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import DependencyError
+from tagtune.core.errors import DependencyError
 from tagtune.recipe import StageConfig
 
 TRAINABLE = ("unet", "text_encoder", "text_encoder_2")

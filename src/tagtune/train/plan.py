@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tagtune.catalog import check_subset, open_catalog
-from tagtune.subset_sql import stage_field
+from tagtune.core.catalog import check_subset, open_catalog
+from tagtune.core.subsets import stage_field
+from tagtune.core.workspace import Workspace
 from tagtune.train.data import steps_per_epoch
 from tagtune.train.memory import estimate_memory
 from tagtune.train.optim import warmup_steps
-from tagtune.workspace import Workspace
 
 
 def _only_cache(ws: Workspace) -> Any:

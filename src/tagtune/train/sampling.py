@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from tagtune.core.workspace import Workspace
 from tagtune.recipe import Recipe, StageConfig, TrainConfig
-from tagtune.workspace import Workspace
 
 CFG_SCALE = 7.0
 SAMPLER = "euler"
@@ -106,7 +106,7 @@ def save_grid(images: list[Any], path: Path) -> Path:
     """Paste images into a near-square grid PNG (atomically)."""
     from PIL import Image
 
-    from tagtune.atomic import atomic_path
+    from tagtune.core.atomic import atomic_path
 
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from tagtune.catalog import check_subset, open_catalog
-from tagtune.errors import TrainingError
+from tagtune.core.catalog import check_subset, open_catalog
+from tagtune.core.errors import TrainingError
+from tagtune.core.subsets import stage_field
+from tagtune.core.workspace import Workspace
 from tagtune.models.recipe_model import vae_source_of
 from tagtune.recipe import Recipe, StageConfig
-from tagtune.subset_sql import stage_field
 from tagtune.train import records as rec
 from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.optim import TRAINABLE, warmup_steps
@@ -32,7 +33,6 @@ from tagtune.train.validation import (
     held_out_notes,
     stage_validation,
 )
-from tagtune.workspace import Workspace
 
 SUMMARY_KEYS = ("name", "images", "steps", "seconds", "final_loss", "final_state", "validation")
 """What `TrainSummary.ran` (and `tagtune train --json`) says about each stage run."""

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from tagtune.catalog import open_catalog
+from tagtune.core.catalog import open_catalog
+from tagtune.core.workspace import Workspace, init_workspace
 from tagtune.ingest.driver import sync_with_recipe
 from tagtune.recipe import Recipe
 from tagtune.train.data import keyed_generator
-from tagtune.workspace import Workspace, init_workspace
 
 TAGS = ["1girl", "solo", "long_hair", "smile", "blue_sky", "red_circle", "green_square", "outdoors"]
 
@@ -194,9 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dump-weights", default=None, help="folder for each rank's final weights")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    from tagtune.core.workspace import open_workspace
     from tagtune.models.tiny import build_tiny_sdxl
     from tagtune.train.stages import run_training
-    from tagtune.workspace import open_workspace
 
     ws = open_workspace(args.workspace)
     components = build_tiny_sdxl(0)

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from tagtune.catalog import check_subset, open_catalog, subset_where
-from tagtune.errors import TrainingError
+from tagtune.core.catalog import check_subset, open_catalog, subset_where
+from tagtune.core.errors import TrainingError
 from tagtune.recipe import Recipe
 from tagtune.recipe_validation import ValidationConfig
 from tagtune.train.data import keyed_generator

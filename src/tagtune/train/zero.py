@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tagtune.errors import DependencyError, TrainingError
+from tagtune.core.errors import DependencyError, TrainingError
 from tagtune.recipe import StageConfig
 from tagtune.train.state import flatten_optimizer, unflatten_optimizer
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 
 SUBSET_COLUMNS: tuple[str, ...] = (
     "id",

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from tagtune.stale_temps import temp_suffix
+from tagtune.core.stale_temps import temp_suffix
 
 
 def _umask() -> int:

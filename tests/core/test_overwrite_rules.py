@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 from cli_main import run_cli
+from tagtune.core.workspace import init_workspace
 from tagtune.models.safetensors_io import read_header
 from tagtune.models.save import save_single_file
 from tagtune.train import records as rec
 from tagtune.train.state import MARKER
-from tagtune.workspace import init_workspace
 
 PRECIOUS = b"the user's own file, not a checkpoint"
 U = "model.diffusion_model.out.2.weight"
@@ -206,7 +206,7 @@ def test_tiny_model_and_init_need_force(tmp_path, capsys):
 
 
 def test_charts_need_force_and_never_replace_the_catalog(tmp_path, capsys):
-    from tagtune.errors import InputError
+    from tagtune.core.errors import InputError
     from tagtune.prepare import bucket_chart
 
     ws = init_workspace(tmp_path / "ws")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tagtune.atomic import write_text_atomic
-from tagtune.errors import WorkspaceError
-from tagtune.outputs import claim_output
+from tagtune.core.atomic import write_text_atomic
+from tagtune.core.errors import WorkspaceError
+from tagtune.core.outputs import claim_output
 from tagtune.recipe import RECIPE_FILE, Recipe, load_recipe
 from tagtune.recipe_toml import render_recipe
 

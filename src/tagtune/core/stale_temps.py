@@ -1,6 +1,6 @@
 """Temporary entries left by killed writers: how they are named, and removing them safely.
 
-Every crash-safe write (`tagtune.atomic`) goes through a temporary file or folder beside its
+Every crash-safe write (`tagtune.core.atomic`) goes through a temporary file or folder beside its
 target, `.{target name}.{8 random}.{pid}-{host}.tmp`. A write that is killed (SIGKILL, power
 loss, out of memory) leaves it behind: for a merge that is a full-size checkpoint. Each writer
 calls `clean_stale_temps(target)` (or `clean_stale_temps_in` for a family of targets) at its

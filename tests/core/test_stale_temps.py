@@ -14,10 +14,10 @@ import time
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_overwrite_rules import completed_run_workspace
 
 from cli_main import run_cli
-from tagtune.atomic import atomic_dir, atomic_path
-from test_overwrite_rules import completed_run_workspace
+from tagtune.core.atomic import atomic_dir, atomic_path
 
 MB = 1_000_000
 HOUR = 3600
@@ -46,7 +46,7 @@ def live_pid():
 
 
 def temp(folder, target, pid, size=0, host=None, rand="k1ll3d00", folder_temp=False):
-    """A temporary entry as `tagtune.atomic` names it, owned by `pid` on `host`."""
+    """A temporary entry as `tagtune.core.atomic` names it, owned by `pid` on `host`."""
     path = folder / f".{target}.{rand}.{pid}-{host or host_id()}.tmp"
     if folder_temp:
         path.mkdir(parents=True)
@@ -63,7 +63,7 @@ def age(path, seconds):
 
 
 def test_temp_names_name_their_writer(tmp_path):
-    from tagtune.stale_temps import is_stale, temp_target
+    from tagtune.core.stale_temps import is_stale, temp_target
 
     with atomic_path(tmp_path / "model.v2.safetensors") as tmp:
         assert temp_target(tmp.name) == "model.v2.safetensors"
@@ -76,7 +76,7 @@ def test_temp_names_name_their_writer(tmp_path):
 
 
 def test_a_temp_whose_owner_cannot_be_asked_goes_only_when_untouched_for_long(tmp_path):
-    from tagtune.stale_temps import UNKNOWN_OWNER_STALE_S, clean_stale_temps, is_stale
+    from tagtune.core.stale_temps import UNKNOWN_OWNER_STALE_S, clean_stale_temps, is_stale
 
     foreign = temp(tmp_path, "m.safetensors", 123, host="00000000")
     legacy = tmp_path / ".m.safetensors.abcd_123.tmp"  # older tagtune: no owner in the name
@@ -134,9 +134,9 @@ def test_export_removes_its_stale_temps(tmp_path, capsys, dead_pid, tiny_sdxl):
 
 
 def test_caption_removes_stale_temps_of_captions_jsonl_and_its_sidecars(tmp_path, capsys, dead_pid):
-    from tagtune.catalog import open_catalog
+    from tagtune.core.catalog import open_catalog
+    from tagtune.core.workspace import init_workspace
     from tagtune.ingest.driver import sync_with_recipe
-    from tagtune.workspace import init_workspace
     from test_caption_sidecars import POSTS
 
     ws = init_workspace(tmp_path / "ws")
@@ -174,10 +174,10 @@ def test_a_stale_state_temp_is_removed_when_its_stage_starts(
 
 
 def test_a_stale_latent_shard_temp_is_removed_when_prepare_starts(tmp_path, dead_pid, tiny_sdxl):
+    from tagtune.core.stale_temps import freed_total, reset_freed_total
     from tagtune.latent_cache import latents_dir
     from tagtune.latents import encode_images, vae_fingerprint
     from tagtune.recipe import BucketConfig
-    from tagtune.stale_temps import freed_total, reset_freed_total
 
     folder = latents_dir(tmp_path / "cache", vae_fingerprint(tiny_sdxl.vae))
     killed = [

@@ -16,8 +16,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from tagtune.errors import InputError
-from tagtune.stale_temps import Freed, clean_stale_temps
+from tagtune.core.errors import InputError
+from tagtune.core.stale_temps import Freed, clean_stale_temps
 
 MAX_INPUT_FILES = 10_000
 """Files of an input folder compared by identity with the output (bounded work)."""

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tagtune.atomic import atomic_dir, atomic_open, write_text_atomic
+from tagtune.core.atomic import atomic_dir, atomic_open, write_text_atomic
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
@@ -46,7 +46,7 @@ def test_a_writer_that_recreates_the_file_still_gets_normal_permissions(tmp_path
     import torch
     from safetensors.torch import save_file
 
-    from tagtune.atomic import atomic_path
+    from tagtune.core.atomic import atomic_path
 
     mask = os.umask(0o022)
     try:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import duckdb
 
-from tagtune.errors import InputError, WorkspaceError
-from tagtune.subset_sql import render_clause
+from tagtune.core.errors import InputError, WorkspaceError
+from tagtune.core.subsets import render_clause
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS posts (
