@@ -52,7 +52,7 @@ def random_sdxl(device: str):
 
 def real_size_step(stage_name: str, steps: int) -> bool:
     """Train `steps` steps of the init recipe's stage on real-size SDXL; print peak vs estimate."""
-    from tagtune.recipe import Recipe
+    from tagtune.recipe.model import Recipe
     from tagtune.train.data import Example
     from tagtune.train.loop import (
         StageJob,

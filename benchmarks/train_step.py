@@ -76,7 +76,7 @@ def cached_latents(root: Path, components, n_images: int, size: int):
     import numpy as np
 
     from tagtune.latents import PrepareItem, encode_images, open_latent_cache, vae_fingerprint
-    from tagtune.recipe import BucketConfig
+    from tagtune.recipe.model import BucketConfig
     from tagtune.synthetic import shape_image
 
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ from tagtune.buckets import (
     resize_and_crop_params,
 )
 from tagtune.core.errors import InputError
-from tagtune.recipe import BucketConfig, StageConfig, reference_stages
+from tagtune.recipe.model import BucketConfig, StageConfig, reference_stages
 
 SDXL = BucketConfig()  # resolution 1024, sides 512..2048, step 64
 SMALL = BucketConfig(resolution=128, min_side=64, max_side=256, step=64)

@@ -10,7 +10,7 @@ from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
 from tagtune.core.workspace import init_workspace
 from tagtune.ingest.driver import sync_with_recipe
-from tagtune.recipe import parse_recipe
+from tagtune.recipe.model import parse_recipe
 
 POSTS = """
 INSERT INTO posts (id, md5, score, rating, date, tags_copyright, tags_general, favorite) VALUES

@@ -18,7 +18,7 @@ from tagtune.captions import (
     tag_text,
 )
 from tagtune.core.errors import RecipeError
-from tagtune.recipe import CaptionConfig, parse_recipe
+from tagtune.recipe.model import CaptionConfig, parse_recipe
 
 CFG = CaptionConfig()
 

@@ -15,7 +15,7 @@ from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.core.workspace import init_workspace
 from tagtune.ingest.driver import sync_with_recipe
-from tagtune.recipe import parse_recipe
+from tagtune.recipe.model import parse_recipe
 from tagtune.tokens import TokenCounter
 
 POSTS = """

@@ -10,7 +10,7 @@ import pytest
 
 from tagtune.caption_fast import build_caption_arrays
 from tagtune.captions import build_caption
-from tagtune.recipe import CaptionConfig, parse_recipe
+from tagtune.recipe.model import CaptionConfig, parse_recipe
 from tagtune.tokens import TokenCounter
 
 POOL = [

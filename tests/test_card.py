@@ -12,7 +12,7 @@ from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import WorkspaceError
 from tagtune.core.workspace import init_workspace
-from tagtune.recipe import Recipe
+from tagtune.recipe.model import Recipe
 
 HASHES = {
     "sha256": "ab" * 32,

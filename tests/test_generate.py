@@ -202,7 +202,7 @@ def test_cli_needs_a_prompt(tmp_path):
 
 def test_training_samples_are_the_images_tagtune_generate_makes(tiny_sdxl, tmp_path):
     """Same prompt (emphasis, over 75 tokens), negative, seed and settings: same pixels."""
-    from tagtune.recipe import Recipe
+    from tagtune.recipe.model import Recipe
     from tagtune.train.sampling import CFG_SCALE, SAMPLER, sample_images
 
     cfg = Recipe().train.model_copy(
@@ -223,7 +223,7 @@ def test_training_samples_work_with_a_bf16_unet_beside_fp32_modules(tiny_sdxl, t
 
     import torch
 
-    from tagtune.recipe import Recipe
+    from tagtune.recipe.model import Recipe
     from tagtune.train.sampling import sample_images
 
     mixed = copy.deepcopy(tiny_sdxl)

@@ -21,7 +21,7 @@ from tagtune.latents import (
     vae_fingerprint,
 )
 from tagtune.models.components import VAE_SCALING_FACTOR
-from tagtune.recipe import BucketConfig
+from tagtune.recipe.model import BucketConfig
 
 CFG = BucketConfig(resolution=128, min_side=64, max_side=256, step=64)
 SIZES = [(128, 128), (96, 192), (192, 96), (150, 100), (100, 150), (64, 64)]

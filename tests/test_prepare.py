@@ -18,7 +18,7 @@ from tagtune.core.errors import InputError, RecipeError, WorkspaceError
 from tagtune.core.workspace import Workspace, init_workspace
 from tagtune.latents import open_latent_cache
 from tagtune.prepare import bucket_chart, plan_workspace, prepare_workspace
-from tagtune.recipe import BucketConfig, Recipe
+from tagtune.recipe.model import BucketConfig, Recipe
 
 runner = CliRunner()
 

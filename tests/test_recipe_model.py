@@ -20,7 +20,7 @@ from tagtune.latents import PrepareItem, encode_images, vae_fingerprint
 from tagtune.models.recipe_model import load_recipe_model
 from tagtune.models.safetensors_io import read_header, write_safetensors
 from tagtune.models.save import save_single_file
-from tagtune.recipe import BucketConfig
+from tagtune.recipe.model import BucketConfig
 from tagtune.train.stages import run_training
 from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 

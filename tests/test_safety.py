@@ -12,7 +12,7 @@ import functools
 import duckdb
 import pytest
 
-from tagtune.recipe import SafetyConfig
+from tagtune.recipe.model import SafetyConfig
 from tagtune.safety import (
     ALWAYS_BLOCKED,
     BLOCKED_UNLESS_GENERAL,

@@ -9,7 +9,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from tagtune.recipe import Recipe
+from tagtune.recipe.model import Recipe
 from tagtune.train import memory
 from tagtune.train.memory import PARAMS, estimate_memory
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tagtune.core.errors import DependencyError
-from tagtune.recipe import StageConfig
+from tagtune.recipe.model import StageConfig
 from tagtune.train.data import (
     Example,
     epoch_batches,

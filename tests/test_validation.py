@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from tagtune.core.errors import RecipeError, TrainingError
-from tagtune.recipe import StageConfig, parse_recipe
-from tagtune.recipe_validation import ValidationConfig
+from tagtune.recipe.model import StageConfig, parse_recipe
+from tagtune.recipe.validation import ValidationConfig
 from tagtune.train.runtime import Runtime
 from tagtune.train.stages import run_training
 from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe

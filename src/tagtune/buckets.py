@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from functools import reduce
 
 from tagtune.core.errors import InputError
-from tagtune.recipe import BucketConfig, StageConfig
+from tagtune.recipe.model import BucketConfig, StageConfig
 
 Bucket = tuple[int, int]
 """A bucket as (width, height) in pixels."""

@@ -27,7 +27,7 @@ from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.core.stale_temps import clean_stale_temps
 from tagtune.core.workspace import Workspace
-from tagtune.recipe import CaptionConfig, SafetyConfig
+from tagtune.recipe.model import CaptionConfig, SafetyConfig
 from tagtune.safety import CAPTION_VERDICT
 from tagtune.tokens import TokenCounter
 

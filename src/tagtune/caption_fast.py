@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from tagtune.captions import TAG_GROUPS, escape_parentheses, tag_text
 from tagtune.core.errors import InputError
-from tagtune.recipe import CaptionConfig, SafetyConfig
+from tagtune.recipe.model import CaptionConfig, SafetyConfig
 from tagtune.safety import blocked_lists, caption_hit_positions, caption_reasons
 from tagtune.tokens import TokenCounter
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tagtune.recipe import CaptionConfig, PeriodBand, QualityBand, SafetyConfig
+from tagtune.recipe.model import CaptionConfig, PeriodBand, QualityBand, SafetyConfig
 from tagtune.safety import caption_blocked_reason
 
 TAG_GROUPS = ("artist", "copyright", "character", "general", "meta")

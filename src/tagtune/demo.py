@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tagtune.core.errors import InputError
-from tagtune.recipe import (
+from tagtune.recipe.model import (
     BucketConfig,
     ExportConfig,
     ModelConfig,
@@ -26,7 +26,7 @@ from tagtune.recipe import (
     StageConfig,
     TrainConfig,
 )
-from tagtune.recipe_validation import ValidationConfig
+from tagtune.recipe.validation import ValidationConfig
 
 DEMO_PROMPT_FALLBACK = "1girl, smile, blue sky"
 DEMO_MARKER = ".tagtune-demo"

@@ -19,7 +19,7 @@ from typing import Any
 from tagtune.core.errors import DependencyError, InputError
 from tagtune.core.outputs import claim_output
 from tagtune.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
-from tagtune.recipe import MAX_SIDE
+from tagtune.recipe.model import MAX_SIDE
 
 # our sampler name -> (diffusers scheduler class, config overrides)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {

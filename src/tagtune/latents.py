@@ -53,7 +53,7 @@ from tagtune.latent_cache import (
 )
 from tagtune.latent_images import ImageJob, ImageResult, decode_job
 from tagtune.models.components import VAE_SCALING_FACTOR
-from tagtune.recipe import BucketConfig
+from tagtune.recipe.model import BucketConfig
 
 __all__ = [
     "STORE_DTYPE",

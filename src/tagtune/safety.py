@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from tagtune.recipe import SafetyConfig
+from tagtune.recipe.model import SafetyConfig
 from tagtune.tag_normalize import filter_key, filter_key_sql, split_tags
 
 ALWAYS_BLOCKED: tuple[str, ...] = ("loli", "shota", "toddlercon", "oppai_loli")

@@ -177,7 +177,7 @@ def test_a_stale_latent_shard_temp_is_removed_when_prepare_starts(tmp_path, dead
     from tagtune.core.stale_temps import freed_total, reset_freed_total
     from tagtune.latent_cache import latents_dir
     from tagtune.latents import encode_images, vae_fingerprint
-    from tagtune.recipe import BucketConfig
+    from tagtune.recipe.model import BucketConfig
 
     folder = latents_dir(tmp_path / "cache", vae_fingerprint(tiny_sdxl.vae))
     killed = [

@@ -8,8 +8,8 @@ from pathlib import Path
 from tagtune.core.atomic import write_text_atomic
 from tagtune.core.errors import WorkspaceError
 from tagtune.core.outputs import claim_output
-from tagtune.recipe import RECIPE_FILE, Recipe, load_recipe
-from tagtune.recipe_toml import render_recipe
+from tagtune.recipe.model import RECIPE_FILE, Recipe, load_recipe
+from tagtune.recipe.toml_io import render_recipe
 
 
 @dataclass(frozen=True)

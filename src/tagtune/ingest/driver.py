@@ -46,7 +46,7 @@ from tagtune.ingest.sources import (
     read_folder,
     read_parquet_groups,
 )
-from tagtune.recipe import Recipe
+from tagtune.recipe.model import Recipe
 from tagtune.safety import CAPTION_VERDICT, blocked_hits_sql, blocked_lists, blocked_sql
 from tagtune.tag_normalize import TAG_RULES, sql_functions
 

@@ -19,7 +19,7 @@ import torch
 from tagtune.core.errors import WorkspaceError
 from tagtune.core.workspace import Workspace
 from tagtune.models.components import SDXLComponents
-from tagtune.recipe import Recipe
+from tagtune.recipe.model import Recipe
 
 
 @dataclass(frozen=True)

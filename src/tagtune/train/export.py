@@ -1,7 +1,7 @@
 """Final single-file export: the recipe's model + every finished stage's weights -> one SDXL
 safetensors, carrying the recipe's VAE (`model.vae`) when one is set.
 
-The header carries ModelSpec metadata plus `tagtune.recipe` (the recipe as JSON),
+The header carries ModelSpec metadata plus `tagtune.recipe.model` (the recipe as JSON),
 `tagtune.training` (stages, steps, epochs, images) and `tagtune.tag_frequency` (top caption
 tags with counts). The file's hashes go into run.json.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from tagtune.core.errors import TrainingError
 from tagtune.core.outputs import claim_output
 from tagtune.core.workspace import Workspace
-from tagtune.recipe import Recipe
+from tagtune.recipe.model import Recipe
 from tagtune.train import records as rec
 
 TOP_TAGS = 100

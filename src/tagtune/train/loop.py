@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from tagtune.core.errors import TrainingError
-from tagtune.recipe import StageConfig, TrainConfig
+from tagtune.recipe.model import StageConfig, TrainConfig
 from tagtune.train.data import (
     Example,
     LatentSource,

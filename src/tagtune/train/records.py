@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tagtune.core.atomic import write_text_atomic
-from tagtune.recipe import Recipe, StageConfig
+from tagtune.recipe.model import Recipe, StageConfig
 
 RUN_FILE = "run.json"
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tagtune.core.workspace import Workspace
-from tagtune.recipe import Recipe, StageConfig, TrainConfig
+from tagtune.recipe.model import Recipe, StageConfig, TrainConfig
 
 CFG_SCALE = 7.0
 SAMPLER = "euler"

@@ -21,7 +21,7 @@ from tagtune.core.errors import TrainingError
 from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
 from tagtune.models.recipe_model import vae_source_of
-from tagtune.recipe import Recipe, StageConfig
+from tagtune.recipe.model import Recipe, StageConfig
 from tagtune.train import records as rec
 from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.optim import TRAINABLE, warmup_steps

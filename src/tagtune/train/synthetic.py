@@ -21,7 +21,7 @@ import torch
 from tagtune.core.catalog import open_catalog
 from tagtune.core.workspace import Workspace, init_workspace
 from tagtune.ingest.driver import sync_with_recipe
-from tagtune.recipe import Recipe
+from tagtune.recipe.model import Recipe
 from tagtune.train.data import keyed_generator
 
 TAGS = ["1girl", "solo", "long_hair", "smile", "blue_sky", "red_circle", "green_square", "outdoors"]
@@ -140,7 +140,7 @@ def make_theme_workspace(
 
     from tagtune.latent_cache import open_latent_cache
     from tagtune.latents import PrepareItem, encode_images, vae_fingerprint
-    from tagtune.recipe import BucketConfig
+    from tagtune.recipe.model import BucketConfig
     from tagtune.synthetic import THEMES, theme_image
 
     ws = init_workspace(root, recipe, force=True)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tagtune.core.errors import DependencyError, TrainingError
-from tagtune.recipe import StageConfig
+from tagtune.recipe.model import StageConfig
 from tagtune.train.state import flatten_optimizer, unflatten_optimizer
 
 SUPPORTED_ZERO_STAGE = 2

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tagtune.recipe import Recipe
+from tagtune.recipe.model import Recipe
 
 
 def _value(v: Any) -> str:

@@ -9,8 +9,8 @@ import pytest
 
 from tagtune.core.errors import RecipeError
 from tagtune.core.workspace import init_workspace, open_workspace
-from tagtune.recipe import Recipe, load_recipe, parse_recipe
-from tagtune.recipe_toml import render_recipe
+from tagtune.recipe.model import Recipe, load_recipe, parse_recipe
+from tagtune.recipe.toml_io import render_recipe
 
 
 def test_defaults_are_the_reference_workflow():

@@ -1,6 +1,6 @@
 """The recipe's `[validation]` table: which images are held out and when they are evaluated.
 
-Kept beside `tagtune.recipe` (which includes it as `Recipe.validation`) with the same strict
+Kept beside `tagtune.recipe.model` (which includes it as `Recipe.validation`) with the same strict
 rules: unknown keys and wrong types are errors, field docstrings are the documentation.
 """
 

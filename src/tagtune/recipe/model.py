@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tagtune.core.errors import RecipeError
 from tagtune.core.untrusted import read_regular
-from tagtune.recipe_errors import recipe_error
-from tagtune.recipe_validation import ValidationConfig
+from tagtune.recipe.errors import recipe_error
+from tagtune.recipe.validation import ValidationConfig
 
 SCHEMA_VERSION = 1
 RECIPE_FILE = "tagtune.toml"
