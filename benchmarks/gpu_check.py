@@ -36,7 +36,7 @@ def random_sdxl(device: str):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from tagtune.clip_vocab import sdxl_tokenizers
+    from tagtune.models.clip_vocab import sdxl_tokenizers
     from tagtune.models.components import SDXLComponents
     from tagtune.models.configs import sdxl_base_configs
     from tagtune.models.tiny import SCHEDULER_CONFIG

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from tagtune import clip_vocab
+from tagtune.models import clip_vocab
 from tagtune.tokens import APPROXIMATE, CLIP_BPE, TokenCounter
 
 needs_vocab = pytest.mark.skipif(
@@ -71,8 +71,8 @@ def test_approximation_is_labelled_and_counts_pretokens():
 
 
 def test_a_file_that_is_not_the_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
-    from tagtune import clip_vocab
     from tagtune.core.errors import DependencyError
+    from tagtune.models import clip_vocab
 
     bogus = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
     bogus.write_text("not gzip")

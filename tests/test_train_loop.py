@@ -41,7 +41,7 @@ def _equal(a, b):
 @torch.no_grad()
 def _eval_loss(comps, lat, n=8):
     """Loss on fixed noise and timesteps: comparable before and after training."""
-    from tagtune.conditioning import encode_prompts
+    from tagtune.models.conditioning import encode_prompts
 
     gen = torch.Generator().manual_seed(123)
     recs = lat.records()[:n]

@@ -133,7 +133,7 @@ def _export_hashes(
             raise WorkspaceError(
                 "exported checkpoint not found (its hashes are not in the run record)", file=file
             )
-        from tagtune.hashes import file_hashes
+        from tagtune.models.hashes import file_hashes
 
         hashes = {
             **{k: v for k, v in file_hashes(file).items() if v},

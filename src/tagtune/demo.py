@@ -133,8 +133,8 @@ def run_demo(
     from tagtune.card import write_card
     from tagtune.core.workspace import init_workspace
     from tagtune.generate import generate
-    from tagtune.hashes import file_hashes
     from tagtune.ingest.driver import ingest
+    from tagtune.models.hashes import file_hashes
     from tagtune.models.save import save_single_file
     from tagtune.models.tiny import build_tiny_sdxl
     from tagtune.prepare import prepare_workspace

@@ -1,6 +1,6 @@
 """txt2img with diffusers' SDXL pipeline, A1111-style prompts, and A1111 infotext in each PNG.
 
-Prompt embeddings are computed here (`tagtune.conditioning`): emphasis syntax is parsed by
+Prompt embeddings are computed here (`tagtune.models.conditioning`): emphasis syntax is parsed by
 `tagtune.prompt_parser`, prompts longer than 75 tokens are encoded in 75-token chunks (up to
 225 tokens), and the prompt and negative prompt are padded to the same chunk count. Image i
 uses seed + i with its own generator, so any image can be re-made alone (`--from-png`).
@@ -95,7 +95,7 @@ def make_scheduler(name: str, config: dict[str, Any]):
 
 def _autov2(path: Path) -> str:
     """A1111's short hash (lower-case AutoV2): the first 10 hex of the file's SHA-256."""
-    from tagtune.hashes import file_hashes
+    from tagtune.models.hashes import file_hashes
 
     return file_hashes(path)["autov2"].lower()
 
@@ -161,7 +161,7 @@ def prompt_embeddings(components: Any, prompt: str, negative: str, clip_skip: in
     """(cond, pooled, uncond, uncond_pooled): emphasis parsed, long prompts chunked, same length."""
     import torch
 
-    from tagtune.conditioning import encode_prompts
+    from tagtune.models.conditioning import encode_prompts
     from tagtune.prompt_parser import parse_prompt
 
     with torch.no_grad():
@@ -241,7 +241,7 @@ def generate(
         if not (math.isfinite(value) and value >= low):
             raise InputError(f"must be at least {low}", field=field, value=value)
     seed = secrets.randbelow(MAX_SEED) if seed is None or seed < 0 else seed
-    from tagtune.conditioning import check_clip_skip
+    from tagtune.models.conditioning import check_clip_skip
 
     loaded = load_for_generation(model, tokenizers, device)
     check_clip_skip(loaded.components.text_encoder, loaded.components.text_encoder_2, clip_skip)

@@ -229,7 +229,7 @@ class PieceReader:
         if hasher is not None and self.pos[i] == self.headers[i].file_size:
             hasher.close()
             return sha.hexdigest()
-        from tagtune.hashes import file_hashes
+        from tagtune.models.hashes import file_hashes
 
         return file_hashes(self.headers[i].path)["sha256"]
 

@@ -46,7 +46,7 @@ def _separate(text: str, glue: str) -> bool:
 @functools.lru_cache(maxsize=1)
 def _clip_tokenizer():
     """The fast CLIP tokenizer over the real vocabulary, built once per process."""
-    from tagtune.clip_vocab import clip_tokenizer
+    from tagtune.models.clip_vocab import clip_tokenizer
 
     return clip_tokenizer()
 
@@ -58,7 +58,7 @@ class TokenCounter:
     """
 
     def __init__(self, separator: str = ", ", approximate: bool | None = None) -> None:
-        from tagtune import clip_vocab
+        from tagtune.models import clip_vocab
 
         self.separator = separator
         self.glue = separator.rstrip()  # the part of the separator glued to the previous tag

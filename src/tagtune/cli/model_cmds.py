@@ -46,7 +46,7 @@ def _hash_all(files: list[Path]) -> dict[str, dict]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from tagtune.core.errors import TagtuneError
-    from tagtune.hashes import file_hashes
+    from tagtune.models.hashes import file_hashes
 
     results: dict[str, dict] = {}
     with Progress(

@@ -243,7 +243,7 @@ def resolve_tokenizers(tokenizers: Any = None, folder: Path | None = None) -> tu
             )  # type: ignore[return-value]
     if tokenizers is not None:
         raise DependencyError("has no tokenizer/ and tokenizer_2/ folders", file=tokenizers)
-    from tagtune.clip_vocab import sdxl_tokenizers, vocab_available
+    from tagtune.models.clip_vocab import sdxl_tokenizers, vocab_available
 
     if vocab_available():
         return sdxl_tokenizers()

@@ -101,12 +101,12 @@ TEXT_ENCODER_2_CONFIG: dict[str, Any] = {
 def build_tiny_sdxl(seed: int = 0, tokenizers: tuple[Any, Any] | None = None) -> SDXLComponents:
     """A tiny SDXL model with weights drawn from `seed` (same seed, same bytes).
 
-    Tokenizers default to the real CLIP vocabulary (see `tagtune.clip_vocab`).
+    Tokenizers default to the real CLIP vocabulary (see `tagtune.models.clip_vocab`).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from tagtune.clip_vocab import sdxl_tokenizers
+    from tagtune.models.clip_vocab import sdxl_tokenizers
 
     devnull = torch.random.fork_rng(devices=[])
     with devnull:

@@ -213,7 +213,7 @@ def _file_hashes(path: Path | None) -> tuple[str, str]:
     """(sha256, AutoV2) of a file, or empty strings without one."""
     if path is None:
         return "", ""
-    from tagtune.hashes import file_hashes
+    from tagtune.models.hashes import file_hashes
 
     h = file_hashes(path)
     return h["sha256"] or "", h["autov2"] or ""

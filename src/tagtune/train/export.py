@@ -122,7 +122,7 @@ def export_model(
     the recipe's (`load_recipe_model`: `model.vae` baked in), so the file carries the VAE the
     latents were made with; run.json's export record names it.
     """
-    from tagtune.hashes import file_hashes
+    from tagtune.models.hashes import file_hashes
     from tagtune.models.recipe_model import vae_source_of
     from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
 

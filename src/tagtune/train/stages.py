@@ -104,7 +104,7 @@ def base_model_info(ws: Workspace, recipe: Recipe, components: Any) -> dict[str,
     """Path and hashes of the base model (empty hashes for in-memory models)."""
     path = ws.resolve(recipe.model.base) if recipe.model.base else None
     if path is not None and path.is_file():
-        from tagtune.hashes import file_hashes
+        from tagtune.models.hashes import file_hashes
 
         h = file_hashes(path)
         return {"path": recipe.model.base, "sha256": h["sha256"], "autov2": h["autov2"]}

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tagtune.conditioning import CHUNK
+from tagtune.models.conditioning import CHUNK
 from tagtune.recipe.model import StageConfig
 from tagtune.train.loss import encode_captions
 

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from tagtune.cli.main import app
-from tagtune.hashes import file_hashes
+from tagtune.models.hashes import file_hashes
 from tagtune.models.safetensors_io import write_safetensors
 
 MIB = 1024 * 1024

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tagtune.core.errors import DependencyError, ModelFileError
-from tagtune.hashes import file_hashes
+from tagtune.models.hashes import file_hashes
 from tagtune.models.load import load_model, read_checkpoint
 from tagtune.models.modelspec import modelspec_metadata
 from tagtune.models.safetensors_io import read_header, write_safetensors
@@ -198,7 +198,7 @@ def test_a_missing_tensor_is_named(tiny_sdxl, tmp_path):
 
 
 def test_without_tokenizers_or_vocabulary_the_error_says_what_is_missing(exported, monkeypatch):
-    import tagtune.clip_vocab as cv
+    import tagtune.models.clip_vocab as cv
 
     monkeypatch.setattr(cv, "vocab_available", lambda: False)
     with pytest.raises(DependencyError) as err:

@@ -15,8 +15,8 @@ import torch
 
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import ModelFileError, WorkspaceError
-from tagtune.hashes import file_hashes
 from tagtune.latents import PrepareItem, encode_images, vae_fingerprint
+from tagtune.models.hashes import file_hashes
 from tagtune.models.recipe_model import load_recipe_model
 from tagtune.models.safetensors_io import read_header, write_safetensors
 from tagtune.models.save import save_single_file

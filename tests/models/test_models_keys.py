@@ -10,7 +10,7 @@ import torch
 from tagtune.models.components import SDXLComponents
 from tagtune.models.save import single_file_state_dict
 
-KEYS_TSV = Path(__file__).parent / "data" / "sdxl-base-keys.tsv"
+KEYS_TSV = Path(__file__).parents[1] / "data" / "sdxl-base-keys.tsv"
 OPTIONAL = {
     "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
     "conditioner.embedders.1.model.logit_scale",

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from tagtune.conditioning import chunks_needed, encode_prompts, sdxl_time_ids, tokenize_prompts
+from tagtune.models.conditioning import (
+    chunks_needed,
+    encode_prompts,
+    sdxl_time_ids,
+    tokenize_prompts,
+)
 
 BOS, EOS = 49406, 49407
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from tagtune.cli.main import app
 from tagtune.core.errors import InputError, ModelFileError
-from tagtune.hashes import file_hashes
+from tagtune.models.hashes import file_hashes
 from tagtune.models.safetensors_io import load_tensors, read_header, write_safetensors
 from tagtune.models.save import save_diffusers, save_single_file
 from tagtune.models.vae_bake import bake_vae
