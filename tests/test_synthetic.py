@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from tagtune.safety import blocked_reason
+from tagtune.ingest.safety import blocked_reason
 from tagtune.synthetic import (
     iter_synthetic_posts,
     synthetic_post,

@@ -27,8 +27,8 @@ from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.core.stale_temps import clean_stale_temps
 from tagtune.core.workspace import Workspace
+from tagtune.ingest.safety import CAPTION_VERDICT
 from tagtune.recipe.model import CaptionConfig, SafetyConfig
-from tagtune.safety import CAPTION_VERDICT
 from tagtune.tokens import TokenCounter
 
 TOKEN_LIMITS = (75, 150, 225)

@@ -30,8 +30,8 @@ import pyarrow.compute as pc
 
 from tagtune.captions import TAG_GROUPS, escape_parentheses, tag_text
 from tagtune.core.errors import InputError
+from tagtune.ingest.safety import blocked_lists, caption_hit_positions, caption_reasons
 from tagtune.recipe.model import CaptionConfig, SafetyConfig
-from tagtune.safety import blocked_lists, caption_hit_positions, caption_reasons
 from tagtune.tokens import TokenCounter
 
 _EPOCH = dt.date(1970, 1, 1)

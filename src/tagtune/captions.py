@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tagtune.ingest.safety import caption_blocked_reason
 from tagtune.recipe.model import CaptionConfig, PeriodBand, QualityBand, SafetyConfig
-from tagtune.safety import caption_blocked_reason
 
 TAG_GROUPS = ("artist", "copyright", "character", "general", "meta")
 """Groups whose tags come from the post's tag lists (`posts.tags_<group>`)."""

@@ -37,6 +37,7 @@ from tagtune.ingest.record_checks import (
     odd_fields,
 )
 from tagtune.ingest.report import catalog_summary
+from tagtune.ingest.safety import CAPTION_VERDICT, blocked_hits_sql, blocked_lists, blocked_sql
 from tagtune.ingest.sources import (
     Problem,
     detect_kind,
@@ -46,9 +47,8 @@ from tagtune.ingest.sources import (
     read_folder,
     read_parquet_groups,
 )
+from tagtune.ingest.tag_normalize import TAG_RULES, sql_functions
 from tagtune.recipe.model import Recipe
-from tagtune.safety import CAPTION_VERDICT, blocked_hits_sql, blocked_lists, blocked_sql
-from tagtune.tag_normalize import TAG_RULES, sql_functions
 
 
 def insert_rows(

@@ -12,8 +12,7 @@ import functools
 import duckdb
 import pytest
 
-from tagtune.recipe.model import SafetyConfig
-from tagtune.safety import (
+from tagtune.ingest.safety import (
     ALWAYS_BLOCKED,
     BLOCKED_UNLESS_GENERAL,
     blocked_hits_sql,
@@ -21,7 +20,8 @@ from tagtune.safety import (
     blocked_reason,
     blocked_sql,
 )
-from tagtune.tag_normalize import split_tags_sql, sql_functions, tidy_sql
+from tagtune.ingest.tag_normalize import split_tags_sql, sql_functions, tidy_sql
+from tagtune.recipe.model import SafetyConfig
 
 HARMLESS = ["1girl", "long_hair", "smile", "blue_sky"]
 

@@ -22,8 +22,8 @@ from tagtune.core.catalog import open_catalog
 from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest
 from tagtune.ingest.driver import sync_with_recipe
+from tagtune.ingest.tag_normalize import filter_key, normalize_tags, split_tags
 from tagtune.recipe.model import CaptionConfig, parse_recipe
-from tagtune.tag_normalize import filter_key, normalize_tags, split_tags
 from tagtune.tokens import TokenCounter
 
 LOLI = "safety: blocked tag loli"

@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from tagtune.ingest.tag_normalize import filter_key, filter_key_sql, split_tags
 from tagtune.recipe.model import SafetyConfig
-from tagtune.tag_normalize import filter_key, filter_key_sql, split_tags
 
 ALWAYS_BLOCKED: tuple[str, ...] = ("loli", "shota", "toddlercon", "oppai_loli")
 """Blocked at any rating."""
