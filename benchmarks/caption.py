@@ -89,9 +89,9 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from tagtune.caption_build import build_captions
+    from tagtune.captions.build import build_captions
+    from tagtune.captions.tokens import TokenCounter
     from tagtune.core.workspace import open_workspace
-    from tagtune.tokens import TokenCounter
 
     ws = open_workspace(build_workspace(args.out, args.n))
     t = time.perf_counter()

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tagtune.caption_build import build_captions
+from tagtune.captions.build import build_captions
 from tagtune.core.workspace import init_workspace, open_workspace
 from tagtune.ingest import ingest
 from tagtune.report import write_report

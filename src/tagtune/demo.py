@@ -129,7 +129,7 @@ def run_demo(
     """Run the whole pipeline in `folder` (created; an earlier demo there is replaced)."""
     import shutil
 
-    from tagtune.caption_build import build_captions
+    from tagtune.captions.build import build_captions
     from tagtune.card import write_card
     from tagtune.core.workspace import init_workspace
     from tagtune.generate import generate

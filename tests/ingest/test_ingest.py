@@ -452,7 +452,7 @@ def test_relative_sources_are_stored_as_absolute_paths(tmp_path, monkeypatch):
 
 def test_recipe_changes_reach_captions_without_a_new_ingest(ws, tmp_path):
     """A tag added to the safety list, or legacy_ratings switched, takes effect at `caption`."""
-    from tagtune.caption_build import build_captions
+    from tagtune.captions.build import build_captions
 
     images = tmp_path / "img"
     save_png(images / "1.png", seed=1)

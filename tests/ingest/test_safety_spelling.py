@@ -14,17 +14,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tagtune.caption_build import build_captions, show_caption
-from tagtune.caption_fast import build_caption_arrays
-from tagtune.caption_sidecars import sidecar_path
-from tagtune.captions import build_caption
+from tagtune.captions.build import build_captions, show_caption
+from tagtune.captions.fast import build_caption_arrays
+from tagtune.captions.rules import build_caption
+from tagtune.captions.sidecars import sidecar_path
+from tagtune.captions.tokens import TokenCounter
 from tagtune.core.catalog import open_catalog
 from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest
 from tagtune.ingest.driver import sync_with_recipe
 from tagtune.ingest.tag_normalize import filter_key, normalize_tags, split_tags
 from tagtune.recipe.model import CaptionConfig, parse_recipe
-from tagtune.tokens import TokenCounter
 
 LOLI = "safety: blocked tag loli"
 

@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Build every included post's caption: catalog table, captions.jsonl, optional sidecars."""
-        from tagtune.caption_build import build_captions, show_caption
+        from tagtune.captions.build import build_captions, show_caption
         from tagtune.core.workspace import open_workspace
 
         w = open_workspace(ws)

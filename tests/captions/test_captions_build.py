@@ -7,16 +7,18 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tagtune import caption_build, caption_fast, caption_write
-from tagtune.caption_build import build_captions, show_caption
-from tagtune.caption_sidecars import sidecar_path
+from tagtune.captions import build as caption_build
+from tagtune.captions import fast as caption_fast
+from tagtune.captions import write as caption_write
+from tagtune.captions.build import build_captions, show_caption
+from tagtune.captions.sidecars import sidecar_path
+from tagtune.captions.tokens import TokenCounter
 from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.core.workspace import init_workspace
 from tagtune.ingest.driver import sync_with_recipe
 from tagtune.recipe.model import parse_recipe
-from tagtune.tokens import TokenCounter
 
 POSTS = """
 INSERT INTO posts (id, md5, score, rating, date, created_at, tags_artist, tags_copyright,

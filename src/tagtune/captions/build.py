@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from tagtune.caption_sidecars import sync_sidecars
-from tagtune.caption_write import ChunkWriter, chunk_tables, concat_chunks, write_jsonl
-from tagtune.captions import TAG_GROUPS, build_caption, explain_caption
+from tagtune.captions.rules import TAG_GROUPS, build_caption, explain_caption
+from tagtune.captions.sidecars import sync_sidecars
+from tagtune.captions.tokens import TokenCounter
+from tagtune.captions.write import ChunkWriter, chunk_tables, concat_chunks, write_jsonl
 from tagtune.core.atomic import atomic_path
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
@@ -29,7 +30,6 @@ from tagtune.core.stale_temps import clean_stale_temps
 from tagtune.core.workspace import Workspace
 from tagtune.ingest.safety import CAPTION_VERDICT
 from tagtune.recipe.model import CaptionConfig, SafetyConfig
-from tagtune.tokens import TokenCounter
 
 TOKEN_LIMITS = (75, 150, 225)
 """Caption lengths reported: training reads 75-token chunks, up to 225 tokens."""
@@ -235,7 +235,7 @@ def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, json
     without: the summary counts only what is written). Returns the `CaptionArrays` of every
     chunk, in row order, and post id -> verdict of the posts left out.
     """
-    from tagtune.caption_fast import build_caption_arrays
+    from tagtune.captions.fast import build_caption_arrays
 
     n = posts.num_rows
     starts = list(range(0, n, CHUNK_ROWS)) or [0]
@@ -276,7 +276,7 @@ def _without_blocked(chunk, res, blocked: dict[int, str], cfg: CaptionConfig,
     its captions built again."""
     import pyarrow as pa
 
-    from tagtune.caption_fast import build_caption_arrays
+    from tagtune.captions.fast import build_caption_arrays
 
     ids = chunk.column("id").to_pylist()
     blocked.update({ids[row]: why for row, why in res.blocked.items()})

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
+from tagtune.captions.tokens import APPROXIMATE, CLIP_BPE, TokenCounter
 from tagtune.models import clip_vocab
-from tagtune.tokens import APPROXIMATE, CLIP_BPE, TokenCounter
 
 needs_vocab = pytest.mark.skipif(
     not clip_vocab.vocab_available(), reason="CLIP vocabulary not available offline"

@@ -8,10 +8,10 @@ import random
 import pyarrow as pa
 import pytest
 
-from tagtune.caption_fast import build_caption_arrays
-from tagtune.captions import build_caption
+from tagtune.captions.fast import build_caption_arrays
+from tagtune.captions.rules import build_caption
+from tagtune.captions.tokens import TokenCounter
 from tagtune.recipe.model import CaptionConfig, parse_recipe
-from tagtune.tokens import TokenCounter
 
 POOL = [
     "1girl", "1boy", "2girls", "multiple_girls", "6+boys", "1other", "2koma", "3d", "1990s_(style)",

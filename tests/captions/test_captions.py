@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from tagtune.captions import (
+from tagtune.captions.rules import (
     build_caption,
     calendar_date,
     escape_parentheses,

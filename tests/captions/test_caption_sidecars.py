@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cli_main import run_cli
-from tagtune.caption_build import build_captions
+from tagtune.captions.build import build_captions
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
 from tagtune.core.workspace import init_workspace

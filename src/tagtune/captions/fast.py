@@ -1,4 +1,4 @@
-"""The caption rules of `tagtune.captions`, vectorised over a million posts with Arrow and NumPy.
+"""The caption rules of `tagtune.captions.rules`, vectorised over a million posts with Arrow and NumPy.
 
 Per-post Python is too slow for the 100,000 posts/s target, so the rules are applied once
 per *distinct* tag (display text via `captions.tag_text`, sort rank, count-tag flag) and the
@@ -28,11 +28,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tagtune.captions import TAG_GROUPS, escape_parentheses, tag_text
+from tagtune.captions.rules import TAG_GROUPS, escape_parentheses, tag_text
+from tagtune.captions.tokens import TokenCounter
 from tagtune.core.errors import InputError
 from tagtune.ingest.safety import blocked_lists, caption_hit_positions, caption_reasons
 from tagtune.recipe.model import CaptionConfig, SafetyConfig
-from tagtune.tokens import TokenCounter
 
 _EPOCH = dt.date(1970, 1, 1)
 FIELD_GROUPS = ("quality", "rating", "period")
