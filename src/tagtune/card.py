@@ -293,7 +293,7 @@ def render_card(
     hashes: dict[str, Any],
 ) -> str:
     """The card's Markdown from a run record, the recommended tags and the export's hashes."""
-    from tagtune.tags import prompt_line
+    from tagtune.tags.analytics import prompt_line
 
     recipe = record["recipe"]
     project, export = recipe["project"], recipe["export"]

@@ -140,7 +140,7 @@ def run_demo(
     from tagtune.prepare import prepare_workspace
     from tagtune.report import write_report
     from tagtune.synthetic import write_collection
-    from tagtune.tags import suggest_tags
+    from tagtune.tags.analytics import suggest_tags
     from tagtune.train.export import export_model
     from tagtune.train.sampling import save_grid
     from tagtune.train.stages import run_training

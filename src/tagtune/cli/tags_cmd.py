@@ -70,7 +70,7 @@ def top(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Tag frequency table of a subset, optionally of one tag group."""
-    from tagtune.tags import top_tags
+    from tagtune.tags.analytics import top_tags
 
     with _busy():
         res = top_tags(_workspace(ctx), subset=subset, where=where, group=group, n=n)
@@ -90,7 +90,7 @@ def similar(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Tags ranked by the Jaccard index of their post sets with TAG's."""
-    from tagtune.tags import similar_tags
+    from tagtune.tags.analytics import similar_tags
 
     with _busy():
         res = similar_tags(_workspace(ctx), tag, n=n, subset=subset, where=where)
@@ -113,7 +113,7 @@ def suggest(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Recommended prompt tags for a subset; stored in the catalog for the model card."""
-    from tagtune.tags import suggest_tags
+    from tagtune.tags.analytics import suggest_tags
 
     ws = _workspace(ctx)
     with _busy():
@@ -143,7 +143,7 @@ def chart(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Bar chart of the top tags and of the quality/rating/period distribution (PNG)."""
-    from tagtune.tags_chart import write_tags_chart
+    from tagtune.tags.chart import write_tags_chart
 
     ws = _workspace(ctx)
     out = out or ws.out_dir / "tags.png"

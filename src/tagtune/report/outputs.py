@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from tagtune.core.workspace import Workspace
-from tagtune.tags import prompt_line
+from tagtune.tags.analytics import prompt_line
 
 HASH_LABELS = (
     ("autov2", "AutoV2"),

@@ -109,9 +109,9 @@ def write_tags_chart(
 
     An existing `out` is replaced only with `force` (never the workspace's own records).
     """
-    from tagtune import tags as tg
     from tagtune.core.catalog import open_catalog
     from tagtune.core.outputs import claim_output
+    from tagtune.tags import analytics as tg
 
     claim_output(out, force=force, inputs=ws.inputs())
 

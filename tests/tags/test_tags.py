@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from test_tags_data import Post, add_posts, make_catalog, random_posts
 
-from tagtune import tags as tg
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
-from tagtune.tags_chart import write_tags_chart
-from tagtune.tags_index import INDEX_FILE, build_index, load_index, save_index
-from test_tags_data import Post, add_posts, make_catalog, random_posts
+from tagtune.tags import analytics as tg
+from tagtune.tags.chart import write_tags_chart
+from tagtune.tags.index import INDEX_FILE, build_index, load_index, save_index
 
 SEEDS = [0, 1, 2, 3]
 

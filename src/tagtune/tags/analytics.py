@@ -18,7 +18,7 @@ import numpy as np
 
 from tagtune.core.errors import InputError
 from tagtune.core.workspace import Workspace
-from tagtune.tags_index import (
+from tagtune.tags.index import (
     TagIndex,
     column_counts,
     subset_expr,

@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from test_tags_data import Post, make_catalog
 from typer.testing import CliRunner
 
 from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
-from test_tags_data import Post, make_catalog
 
 runner = CliRunner()
 G3 = ["artist", "general", "general"]
