@@ -5,7 +5,7 @@ Prints optimizer steps per second and the share of each step spent waiting for d
 
     .venv/bin/python benchmarks/train_step.py [--n STEPS] [--size 64] [--memory]
 
-By default the latents come from a real latent cache (`tagtune.latents.encode_images` over
+By default the latents come from a real latent cache (`tagtune.prepare.encode.encode_images` over
 synthetic coloured-shape images, 64x64 px -> 8x8 latents); `--memory` uses in-memory latents.
 """
 
@@ -75,7 +75,12 @@ def cached_latents(root: Path, components, n_images: int, size: int):
 
     import numpy as np
 
-    from tagtune.latents import PrepareItem, encode_images, open_latent_cache, vae_fingerprint
+    from tagtune.prepare.encode import (
+        PrepareItem,
+        encode_images,
+        open_latent_cache,
+        vae_fingerprint,
+    )
     from tagtune.recipe.model import BucketConfig
     from tagtune.synthetic import shape_image
 

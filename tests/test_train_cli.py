@@ -15,7 +15,7 @@ from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 
 
 def _cache_latents(ws, components, n):
-    from tagtune.latents import PrepareItem, encode_images
+    from tagtune.prepare.encode import PrepareItem, encode_images
     from tagtune.recipe.model import BucketConfig
     from tagtune.synthetic import shape_image
 

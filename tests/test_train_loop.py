@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tagtune.core.errors import TrainingError
 from tagtune.core.workspace import init_workspace
-from tagtune.latents import vae_fingerprint
+from tagtune.prepare.encode import vae_fingerprint
 from tagtune.recipe.model import StageConfig
 from tagtune.train.data import Example
 from tagtune.train.loss import diffusion_loss, training_scheduler

@@ -137,7 +137,7 @@ def run_demo(
     from tagtune.models.hashes import file_hashes
     from tagtune.models.save import save_single_file
     from tagtune.models.tiny import build_tiny_sdxl
-    from tagtune.prepare import prepare_workspace
+    from tagtune.prepare.run import prepare_workspace
     from tagtune.report import write_report
     from tagtune.synthetic import write_collection
     from tagtune.tags.analytics import suggest_tags

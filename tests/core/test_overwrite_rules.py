@@ -207,7 +207,7 @@ def test_tiny_model_and_init_need_force(tmp_path, capsys):
 
 def test_charts_need_force_and_never_replace_the_catalog(tmp_path, capsys):
     from tagtune.core.errors import InputError
-    from tagtune.prepare import bucket_chart
+    from tagtune.prepare.run import bucket_chart
 
     ws = init_workspace(tmp_path / "ws")
     ws.catalog_path.write_bytes(PRECIOUS)

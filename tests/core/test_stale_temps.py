@@ -134,10 +134,11 @@ def test_export_removes_its_stale_temps(tmp_path, capsys, dead_pid, tiny_sdxl):
 
 
 def test_caption_removes_stale_temps_of_captions_jsonl_and_its_sidecars(tmp_path, capsys, dead_pid):
+    from test_caption_sidecars import POSTS
+
     from tagtune.core.catalog import open_catalog
     from tagtune.core.workspace import init_workspace
     from tagtune.ingest.driver import sync_with_recipe
-    from test_caption_sidecars import POSTS
 
     ws = init_workspace(tmp_path / "ws")
     images = ws.root / "images"
@@ -175,8 +176,8 @@ def test_a_stale_state_temp_is_removed_when_its_stage_starts(
 
 def test_a_stale_latent_shard_temp_is_removed_when_prepare_starts(tmp_path, dead_pid, tiny_sdxl):
     from tagtune.core.stale_temps import freed_total, reset_freed_total
-    from tagtune.latent_cache import latents_dir
-    from tagtune.latents import encode_images, vae_fingerprint
+    from tagtune.prepare.encode import encode_images, vae_fingerprint
+    from tagtune.prepare.latent_cache import latents_dir
     from tagtune.recipe.model import BucketConfig
 
     folder = latents_dir(tmp_path / "cache", vae_fingerprint(tiny_sdxl.vae))

@@ -15,11 +15,11 @@ import torch
 
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import ModelFileError, WorkspaceError
-from tagtune.latents import PrepareItem, encode_images, vae_fingerprint
 from tagtune.models.hashes import file_hashes
 from tagtune.models.recipe_model import load_recipe_model
 from tagtune.models.safetensors_io import read_header, write_safetensors
 from tagtune.models.save import save_single_file
+from tagtune.prepare.encode import PrepareItem, encode_images, vae_fingerprint
 from tagtune.recipe.model import BucketConfig
 from tagtune.train.stages import run_training
 from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
@@ -168,7 +168,7 @@ def _diffusers_reads(path, config_folder):
 def test_prepare_train_and_export_carry_the_fix_vae_and_the_card_names_it(tmp_path, tiny_sdxl):
     from tagtune.card import render_card
     from tagtune.models.save import save_diffusers
-    from tagtune.prepare import prepare_workspace
+    from tagtune.prepare.run import prepare_workspace
     from tagtune.train.export import export_model
 
     fix = _fix_vae()

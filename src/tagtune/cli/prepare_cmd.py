@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
             )
         w = open_workspace(ws)
         if plan or action == "chart":
-            from tagtune.prepare import bucket_chart, plan_workspace
+            from tagtune.prepare.run import bucket_chart, plan_workspace
 
             p = plan_workspace(w)
             data = p.to_json()
@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
             if action == "chart":
                 console.print(Text.assemble("chart written to ", (str(data["chart"]), "bold")))
             return
-        from tagtune.prepare import prepare_workspace
+        from tagtune.prepare.run import prepare_workspace
 
         result = prepare_workspace(w, workers, vae_batch_size=vae_batch, show_progress=not json_out)
         if json_out:

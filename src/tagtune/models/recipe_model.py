@@ -52,8 +52,8 @@ class VaeSource:
 
 def describe_vae(vae: Any, path: str = "", file: Path | None = None) -> VaeSource:
     """A VaeSource for the loaded VAE module `vae`, baked from `file` (recipe path `path`)."""
-    from tagtune.latents import vae_fingerprint
     from tagtune.models.vae_bake import vae_file_hashes
+    from tagtune.prepare.encode import vae_fingerprint
 
     sha256, autov2 = vae_file_hashes(file) if file is not None else ("", "")
     name = file.name if file is not None else ""

@@ -21,7 +21,7 @@ def _only_cache(ws: Workspace) -> Any:
     folders = sorted((ws.cache_dir / "latents").glob("vae-*"))
     if len(folders) != 1:
         return None
-    from tagtune.latents import open_latent_cache
+    from tagtune.prepare.encode import open_latent_cache
 
     try:
         return open_latent_cache(ws.cache_dir, folders[0].name.removeprefix("vae-"))

@@ -124,7 +124,7 @@ def load_base(ws: Workspace, recipe: Recipe) -> Any:
 
 def open_latents(ws: Workspace, vae_hash: str) -> Any:
     """The workspace's latent cache for the VAE with this fingerprint."""
-    from tagtune.latents import open_latent_cache
+    from tagtune.prepare.encode import open_latent_cache
 
     return open_latent_cache(ws.cache_dir, vae_hash)
 

@@ -138,8 +138,8 @@ def make_theme_workspace(
 
     import numpy as np
 
-    from tagtune.latent_cache import open_latent_cache
-    from tagtune.latents import PrepareItem, encode_images, vae_fingerprint
+    from tagtune.prepare.encode import PrepareItem, encode_images, vae_fingerprint
+    from tagtune.prepare.latent_cache import open_latent_cache
     from tagtune.recipe.model import BucketConfig
     from tagtune.synthetic import THEMES, theme_image
 

@@ -16,8 +16,8 @@ from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, RecipeError, WorkspaceError
 from tagtune.core.workspace import Workspace, init_workspace
-from tagtune.latents import open_latent_cache
-from tagtune.prepare import bucket_chart, plan_workspace, prepare_workspace
+from tagtune.prepare.encode import open_latent_cache
+from tagtune.prepare.run import bucket_chart, plan_workspace, prepare_workspace
 from tagtune.recipe.model import BucketConfig, Recipe
 
 runner = CliRunner()
@@ -154,9 +154,9 @@ def test_prepare_workspace_encodes_included_images_and_records_problems(ws, tiny
 
 
 def test_vae_comes_from_the_recipe_and_the_cli_encodes(ws, tiny_sdxl):
-    from tagtune.latents import vae_fingerprint
     from tagtune.models.save import save_single_file
-    from tagtune.prepare import load_recipe_vae
+    from tagtune.prepare.encode import vae_fingerprint
+    from tagtune.prepare.run import load_recipe_vae
 
     save_single_file(tiny_sdxl, ws.root / "base.safetensors", dtype="fp32", hash_sha256=False)
     fixed = copy.deepcopy(tiny_sdxl.vae)

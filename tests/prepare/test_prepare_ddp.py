@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
+from test_prepare import make_prepare_workspace
 
 from tagtune.core.catalog import open_catalog
 from tagtune.core.workspace import init_workspace
-from tagtune.latents import open_latent_cache
 from tagtune.models.save import save_single_file
-from test_prepare import make_prepare_workspace
+from tagtune.prepare.encode import open_latent_cache
 
 
 @pytest.mark.slow

@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-from tagtune.buckets import CropPlan
 from tagtune.core.atomic import atomic_path, write_text_atomic
 from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.core.stale_temps import Freed, clean_stale_temps, clean_stale_temps_in
 from tagtune.models.components import VAE_SCALING_FACTOR
+from tagtune.prepare.buckets import CropPlan
 
 CACHE_FORMAT = 1
 STORE_DTYPE = torch.float16

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from tagtune.buckets import CropPlan
+from tagtune.prepare.buckets import CropPlan
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagtune.buckets import Bucket, StagePlan, count_buckets, plan_steps
 from tagtune.core.atomic import atomic_path
 from tagtune.core.catalog import CatalogBusyError, check_subset, open_catalog
 from tagtune.core.errors import RecipeError, WorkspaceError
 from tagtune.core.outputs import Inputs, claim_output
 from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
-from tagtune.latents import PrepareItem, PrepareResult, Problem, encode_images
+from tagtune.prepare.buckets import Bucket, StagePlan, count_buckets, plan_steps
+from tagtune.prepare.encode import PrepareItem, PrepareResult, Problem, encode_images
 
 PREPARE_STAGE = "prepare"
 

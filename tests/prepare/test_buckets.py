@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tagtune.buckets import (
+from tagtune.core.errors import InputError
+from tagtune.prepare.buckets import (
     CropPlan,
     assign_bucket,
     count_buckets,
@@ -14,7 +15,6 @@ from tagtune.buckets import (
     plan_steps,
     resize_and_crop_params,
 )
-from tagtune.core.errors import InputError
 from tagtune.recipe.model import BucketConfig, StageConfig, reference_stages
 
 SDXL = BucketConfig()  # resolution 1024, sides 512..2048, step 64

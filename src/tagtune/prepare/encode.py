@@ -31,7 +31,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from tagtune.buckets import (
+from tagtune.models.components import VAE_SCALING_FACTOR
+from tagtune.prepare.buckets import (
     Bucket,
     CropPlan,
     assign_bucket,
@@ -39,7 +40,7 @@ from tagtune.buckets import (
     make_buckets,
     resize_and_crop_params,
 )
-from tagtune.latent_cache import (
+from tagtune.prepare.latent_cache import (
     SHARD_SIZE,
     STORE_DTYPE,
     LatentCache,
@@ -51,8 +52,7 @@ from tagtune.latent_cache import (
     read_index,
     write_manifest,
 )
-from tagtune.latent_images import ImageJob, ImageResult, decode_job
-from tagtune.models.components import VAE_SCALING_FACTOR
+from tagtune.prepare.latent_images import ImageJob, ImageResult, decode_job
 from tagtune.recipe.model import BucketConfig
 
 __all__ = [

@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from tagtune.buckets import resize_and_crop_params
 from tagtune.core.errors import InputError, WorkspaceError
-from tagtune.latent_images import ImageJob, decode_job
-from tagtune.latents import (
+from tagtune.models.components import VAE_SCALING_FACTOR
+from tagtune.prepare.buckets import resize_and_crop_params
+from tagtune.prepare.encode import (
     PrepareItem,
     encode_images,
     open_latent_cache,
     vae_fingerprint,
 )
-from tagtune.models.components import VAE_SCALING_FACTOR
+from tagtune.prepare.latent_images import ImageJob, decode_job
 from tagtune.recipe.model import BucketConfig
 
 CFG = BucketConfig(resolution=128, min_side=64, max_side=256, step=64)
@@ -267,7 +267,7 @@ def test_load_refuses_a_batch_that_mixes_buckets(images, vae, tmp_path):
 def test_progress_counts_encoded_images_not_decoded_ones(vae, tmp_path, monkeypatch):
     import contextlib
 
-    import tagtune.latents as latents
+    import tagtune.prepare.encode as latents
 
     advances: list[int] = []
 
