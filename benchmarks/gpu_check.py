@@ -160,7 +160,7 @@ def run_case(name: str, base, cpu: bool, **overrides) -> bool:
 
 def tiny_checks(cpu: bool) -> bool:
     """The GPU paths on the tiny model (or the same flow on CPU with --cpu)."""
-    from tagtune.generate import generate
+    from tagtune.generate.pipeline import generate
     from tagtune.models.tiny import build_tiny_sdxl
 
     base = build_tiny_sdxl(0)

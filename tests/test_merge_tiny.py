@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from tagtune.cli.main import app
-from tagtune.infotext import read_png_infotext
+from tagtune.generate.infotext import read_png_infotext
 from tagtune.merge import MergeSpec, merge_checkpoints
 
 load = pytest.importorskip("tagtune.models.load")

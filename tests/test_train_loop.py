@@ -199,7 +199,7 @@ def test_cached_text_encoder_outputs_equal_encoding_every_step(tiny_sdxl):
 
 
 def test_samples_are_seeded_pngs_with_infotext_and_a_grid(tmp_path, tiny_sdxl):
-    from tagtune.infotext import read_png_infotext
+    from tagtune.generate.infotext import read_png_infotext
 
     recipe = tiny_train_recipe(epochs=1, batch_size=4, **FROZEN_TE)
     recipe.train.sample_every_n_epochs = 1

@@ -132,7 +132,7 @@ def run_demo(
     from tagtune.captions.build import build_captions
     from tagtune.card import write_card
     from tagtune.core.workspace import init_workspace
-    from tagtune.generate import generate
+    from tagtune.generate.pipeline import generate
     from tagtune.ingest.driver import ingest
     from tagtune.models.hashes import file_hashes
     from tagtune.models.save import save_single_file

@@ -60,8 +60,8 @@ def register(app: typer.Typer) -> None:
         from rich.progress import Progress
 
         from tagtune.core.errors import InputError
-        from tagtune.generate import generate as run_generate
-        from tagtune.generate import params_from_png
+        from tagtune.generate.pipeline import generate as run_generate
+        from tagtune.generate.pipeline import params_from_png
 
         base = dict(DEFAULTS)
         if from_png is not None:
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
                 **params,
             )
         if as_json:
-            from tagtune.infotext import read_png_infotext
+            from tagtune.generate.infotext import read_png_infotext
 
             seeds = [read_png_infotext(p).seed for p in paths]
             print_json({"images": [str(p) for p in paths], "seeds": seeds, "params": params})

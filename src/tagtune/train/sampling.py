@@ -1,6 +1,6 @@
 """Sample images during training: seeded, PNG with A1111 infotext, and a grid per epoch.
 
-Built from the in-memory components (no copy of the weights) by `tagtune.generate` (Euler
+Built from the in-memory components (no copy of the weights) by `tagtune.generate.pipeline` (Euler
 scheduler), so samples condition prompts exactly as `tagtune generate` does.
 """
 
@@ -27,12 +27,12 @@ def sample_images(
 ) -> list[Path]:
     """One PNG per `cfg.sample_prompts` (seed = train seed + prompt index) and `grid.png`.
 
-    The pipeline and the prompt embeddings come from `tagtune.generate` (sampler "euler", on
+    The pipeline and the prompt embeddings come from `tagtune.generate.pipeline` (sampler "euler", on
     the device the U-Net is on), so a sample and `tagtune generate` with the same prompt,
     seed and settings condition the prompt identically (emphasis, long prompts).
     """
-    from tagtune.generate import build_pipeline
-    from tagtune.infotext import write_png
+    from tagtune.generate.infotext import write_png
+    from tagtune.generate.pipeline import build_pipeline
 
     base_seed = cfg.seed if seed is None else seed
     paths, images = [], []
@@ -51,8 +51,8 @@ def _sample_one(
     components: Any, cfg: TrainConfig, pipe: Any, prompt: str, seed: int, label: str
 ) -> tuple[Any, Any]:
     """(infotext, image) of one sample."""
-    from tagtune.generate import prompt_embeddings, render
-    from tagtune.infotext import Infotext
+    from tagtune.generate.infotext import Infotext
+    from tagtune.generate.pipeline import prompt_embeddings, render
 
     width, height = cfg.sample_size
     with mixed_dtype_autocast(components):

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from tagtune.cli.main import app
 from tagtune.core.errors import InputError
-from tagtune.generate import (
+from tagtune.generate.infotext import SAMPLER_LABELS, read_png_infotext
+from tagtune.generate.pipeline import (
     SCHEDULERS,
     LoadedModel,
     generate,
@@ -20,7 +21,6 @@ from tagtune.generate import (
     parse_size,
     prompt_embeddings,
 )
-from tagtune.infotext import SAMPLER_LABELS, read_png_infotext
 from tagtune.models.tiny import SCHEDULER_CONFIG
 
 LONG = ", ".join(["1girl", "long hair", "(smile:1.2)", "blue sky", r"hat_\(object\)"] * 12)
@@ -152,7 +152,7 @@ def test_out_of_range_settings_are_refused_before_loading(tmp_path, option, valu
 
 
 def test_cli_generate_and_from_png(tiny_sdxl, tmp_path, monkeypatch):
-    import tagtune.generate as gen
+    import tagtune.generate.pipeline as gen
 
     monkeypatch.setattr(
         gen,

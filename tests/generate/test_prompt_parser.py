@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagtune.prompt_parser import escape_prompt_text, parse_prompt
+from tagtune.generate.prompt_parser import escape_prompt_text, parse_prompt
 
 CASES = [
     ("1girl, smile", [("1girl, smile", 1.0)]),

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tagtune.core.errors import InputError
-from tagtune.infotext import (
+from tagtune.generate.infotext import (
     Infotext,
     format_infotext,
     parse_infotext,

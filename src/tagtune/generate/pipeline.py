@@ -1,7 +1,7 @@
 """txt2img with diffusers' SDXL pipeline, A1111-style prompts, and A1111 infotext in each PNG.
 
 Prompt embeddings are computed here (`tagtune.models.conditioning`): emphasis syntax is parsed by
-`tagtune.prompt_parser`, prompts longer than 75 tokens are encoded in 75-token chunks (up to
+`tagtune.generate.prompt_parser`, prompts longer than 75 tokens are encoded in 75-token chunks (up to
 225 tokens), and the prompt and negative prompt are padded to the same chunk count. Image i
 uses seed + i with its own generator, so any image can be re-made alone (`--from-png`).
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from tagtune.core.errors import DependencyError, InputError
 from tagtune.core.outputs import claim_output
-from tagtune.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
+from tagtune.generate.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
 from tagtune.recipe.model import MAX_SIDE
 
 # our sampler name -> (diffusers scheduler class, config overrides)
@@ -161,8 +161,8 @@ def prompt_embeddings(components: Any, prompt: str, negative: str, clip_skip: in
     """(cond, pooled, uncond, uncond_pooled): emphasis parsed, long prompts chunked, same length."""
     import torch
 
+    from tagtune.generate.prompt_parser import parse_prompt
     from tagtune.models.conditioning import encode_prompts
-    from tagtune.prompt_parser import parse_prompt
 
     with torch.no_grad():
         embeds, pooled = encode_prompts(
