@@ -141,7 +141,7 @@ def plain_read(paths: list[Path], chunk: int = 16 << 20) -> float:
 
 MERGE_CHILD = """
 import json, resource, sys, time
-from tagtune.merge import MergeSpec, merge_checkpoints
+from tagtune.merge.checkpoints import MergeSpec, merge_checkpoints
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 r = merge_checkpoints(sys.argv[1], sys.argv[2], sys.argv[3], MergeSpec(alpha=0.3),

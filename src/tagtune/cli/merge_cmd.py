@@ -46,8 +46,8 @@ def register(app: typer.Typer) -> None:
         """Merge checkpoints tensor by tensor: (1-alpha)A + alpha B, or A + alpha(B - C)."""
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-        from tagtune.merge import MergeSpec, merge_checkpoints
-        from tagtune.merge_blocks import parse_blocks
+        from tagtune.merge.blocks import parse_blocks
+        from tagtune.merge.checkpoints import MergeSpec, merge_checkpoints
 
         spec = MergeSpec(
             mode=mode,

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from tagtune.cli.main import app
 from tagtune.core.errors import InputError, ModelFileError
-from tagtune.merge import MergeSpec, merge_checkpoints
-from tagtune.merge_blocks import BLOCK_NAMES, block_of, parse_blocks
+from tagtune.merge.blocks import BLOCK_NAMES, block_of, parse_blocks
+from tagtune.merge.checkpoints import MergeSpec, merge_checkpoints
 
 U = "model.diffusion_model."
 TE1 = "conditioner.embedders.0.transformer.text_model."
@@ -389,7 +389,7 @@ def test_missing_parent_is_named(parents, tmp_path):
 @pytest.mark.parametrize("mode", ["weighted-sum", "add-difference"])
 def test_tensors_cut_into_pieces_merge_and_hash_the_same(parents, tmp_path, monkeypatch, mode):
     """Tensors larger than a piece (here 5 elements) give the same file as whole tensors."""
-    import tagtune.merge_io as mio
+    import tagtune.merge.io as mio
 
     a, b, c = parents
     spec = MergeSpec(mode=mode, alpha=0.4, vae="b", dtype="bf16")
@@ -412,7 +412,7 @@ def test_tensors_cut_into_pieces_merge_and_hash_the_same(parents, tmp_path, monk
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_one_pass_lerp_gives_the_bits_of_fp32_math(dtype):
     """The fast path (lerp in the stored dtype) rounds exactly like fp32 math then a cast."""
-    from tagtune.merge import _merge_into, _scratch
+    from tagtune.merge.checkpoints import _merge_into, _scratch
 
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(300_000, generator=g).mul(4).to(dtype) for _ in range(2))
@@ -424,7 +424,7 @@ def test_one_pass_lerp_gives_the_bits_of_fp32_math(dtype):
 
 def test_a_read_error_mid_merge_stops_cleanly(parents, tmp_path, monkeypatch):
     """An error on the reader thread reaches the caller; no thread hangs, no output is left."""
-    import tagtune.merge_io as mio
+    import tagtune.merge.io as mio
 
     calls = []
     real = mio._pread_into
@@ -442,7 +442,7 @@ def test_a_read_error_mid_merge_stops_cleanly(parents, tmp_path, monkeypatch):
 
 
 def test_a_write_error_mid_merge_stops_cleanly(parents, tmp_path, monkeypatch):
-    import tagtune.merge_io as mio
+    import tagtune.merge.io as mio
 
     def full(self, item):
         raise OSError(28, "No space left on device")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tagtune.cli.main import app
 from tagtune.generate.infotext import read_png_infotext
-from tagtune.merge import MergeSpec, merge_checkpoints
+from tagtune.merge.checkpoints import MergeSpec, merge_checkpoints
 
 load = pytest.importorskip("tagtune.models.load")
 save = pytest.importorskip("tagtune.models.save")

@@ -28,8 +28,8 @@ import torch
 from tagtune.core.atomic import atomic_path
 from tagtune.core.errors import InputError, ModelFileError
 from tagtune.core.outputs import claim_output
-from tagtune.merge_blocks import BLOCK_INDEX, block_of, parse_blocks, part_of
-from tagtune.merge_io import (
+from tagtune.merge.blocks import BLOCK_INDEX, block_of, parse_blocks, part_of
+from tagtune.merge.io import (
     DTYPE_NAMES,
     FLOAT_DTYPES,
     OutputWriter,
