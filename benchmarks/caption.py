@@ -1,6 +1,6 @@
 """Benchmark `tagtune caption`: captions + CLIP token counts + captions table + captions.jsonl.
 
-The catalog is built from the synthetic JSONL dump (`tagtune.synthetic.write_jsonl_dump`,
+The catalog is built from the synthetic JSONL dump (`tagtune.synthetic.collection.write_jsonl_dump`,
 1,000,000 posts by default) with `tagtune ingest` (or, where that is missing, plain DuckDB
 SQL), plus one `files` row per post so every caption has a file path in captions.jsonl.
 The dump and catalog are kept in bench-out/ between runs.
@@ -48,7 +48,7 @@ def build_workspace(out: Path, n: int) -> Path:
     """A workspace with a catalog of `n` synthetic posts (reused when already built)."""
     from tagtune.core.catalog import open_catalog
     from tagtune.core.workspace import init_workspace
-    from tagtune.synthetic import write_jsonl_dump
+    from tagtune.synthetic.collection import write_jsonl_dump
 
     ws_dir = out / f"caption-ws-{n}"
     marker = ws_dir / ".loaded"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest
-from tagtune.synthetic import write_jsonl_dump
+from tagtune.synthetic.collection import write_jsonl_dump
 
 
 def main() -> None:

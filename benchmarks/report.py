@@ -20,7 +20,7 @@ from tagtune.captions.build import build_captions
 from tagtune.core.workspace import init_workspace, open_workspace
 from tagtune.ingest import ingest
 from tagtune.report import write_report
-from tagtune.synthetic import write_jsonl_dump
+from tagtune.synthetic.collection import write_jsonl_dump
 
 
 def build_catalog(out: Path, n: int) -> Path:

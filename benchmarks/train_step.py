@@ -82,7 +82,7 @@ def cached_latents(root: Path, components, n_images: int, size: int):
         vae_fingerprint,
     )
     from tagtune.recipe.model import BucketConfig
-    from tagtune.synthetic import shape_image
+    from tagtune.synthetic.collection import shape_image
 
     rng = np.random.default_rng(0)
     items = []
@@ -114,10 +114,10 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from tagtune.models.tiny import build_tiny_sdxl
+    from tagtune.synthetic.runs import InMemoryLatents, make_training_workspace, tiny_train_recipe
     from tagtune.train.loop import StageJob, train_stage
     from tagtune.train.runtime import make_runtime
     from tagtune.train.stages import load_examples
-    from tagtune.train.synthetic import InMemoryLatents, make_training_workspace, tiny_train_recipe
 
     batch = 4
     n_images = batch * args.n

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tagtune.core.workspace import init_workspace
+from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 from tagtune.train import rounding
 from tagtune.train.rounding import round_generator, stochastic_round_
 from tagtune.train.stages import run_training
-from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 
 FROZEN_TE = {"lr_text_encoder": 0.0, "lr_text_encoder_2": 0.0}
 

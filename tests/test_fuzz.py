@@ -264,7 +264,7 @@ def sidecar_bytes(case: tuple) -> bytes:
 def png_bytes() -> bytes:
     import numpy as np
 
-    from tagtune.synthetic import shape_image
+    from tagtune.synthetic.collection import shape_image
 
     img, _ = shape_image(np.random.default_rng(0), (96, 96))
     buf = io.BytesIO()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from tagtune.cli.main import app
 from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.core.workspace import init_workspace
-from tagtune.synthetic import write_collection
+from tagtune.synthetic.collection import write_collection
 
 runner = CliRunner()
 
@@ -94,7 +94,7 @@ def test_errors_name_the_file(tmp_path):
 
 
 def test_ingest_a_dump_with_images_from_the_command_line(tmp_path):
-    from tagtune.synthetic import iter_synthetic_posts, shape_image
+    from tagtune.synthetic.collection import iter_synthetic_posts, shape_image
 
     images = tmp_path / "images"
     images.mkdir()

@@ -17,8 +17,8 @@ import copy
 
 import pytest
 
+from tagtune.synthetic.runs import make_theme_workspace, tiny_train_recipe
 from tagtune.train.stages import run_training
-from tagtune.train.synthetic import make_theme_workspace, tiny_train_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 
 from tagtune.cli.main import app
 from tagtune.core.errors import WorkspaceError
-from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
+from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 
 
 def _cache_latents(ws, components, n):
     from tagtune.prepare.encode import PrepareItem, encode_images
     from tagtune.recipe.model import BucketConfig
-    from tagtune.synthetic import shape_image
+    from tagtune.synthetic.collection import shape_image
 
     rng = np.random.default_rng(0)
     items = []

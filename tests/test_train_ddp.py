@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from drills import assert_like_one_process
+from tagtune.synthetic.runs import free_port, make_training_workspace, tiny_train_recipe
 from tagtune.train.stages import run_training
-from tagtune.train.synthetic import free_port, make_training_workspace, tiny_train_recipe
 
 
 @pytest.mark.slow
@@ -27,7 +27,7 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, tiny_sdxl):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_port", str(free_port()),
-        "-m", "tagtune.train.synthetic", str(two.root), "--dump-weights", str(dump),
+        "-m", "tagtune.synthetic.runs", str(two.root), "--dump-weights", str(dump),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

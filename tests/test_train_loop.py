@@ -14,10 +14,10 @@ from tagtune.core.errors import TrainingError
 from tagtune.core.workspace import init_workspace
 from tagtune.prepare.encode import vae_fingerprint
 from tagtune.recipe.model import StageConfig
+from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 from tagtune.train.data import Example
 from tagtune.train.loss import diffusion_loss, training_scheduler
 from tagtune.train.stages import run_training
-from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 from tagtune.train.te_cache import Encoder
 
 FROZEN_TE = {"lr_text_encoder": 0.0, "lr_text_encoder_2": 0.0}

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 from tagtune.train.stages import run_training
-from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 
 MODULES = ("unet", "text_encoder", "text_encoder_2")
 
@@ -32,7 +32,7 @@ def _recipe(weight_dtype: str = "fp32"):
 
 def _drill(ws_root, kill_at: int | None, resume: bool) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGTUNE_KILL_AT_STEP": str(kill_at or 0)}
-    cmd = [sys.executable, "-m", "tagtune.train.synthetic", str(ws_root)]
+    cmd = [sys.executable, "-m", "tagtune.synthetic.runs", str(ws_root)]
     if resume:
         cmd.append("--resume")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from drills import assert_like_one_process
 from tagtune.core.errors import TrainingError
+from tagtune.synthetic.runs import free_port, make_training_workspace, tiny_train_recipe
 from tagtune.train.stages import run_training
-from tagtune.train.synthetic import free_port, make_training_workspace, tiny_train_recipe
 from tagtune.train.zero import check_zero_state, deepspeed_config
 
 ACCELERATE_CONFIG = """\
@@ -55,7 +55,7 @@ def _launch(tmp: Path, ws_root: Path, *args: str, kill_at: int = 0) -> subproces
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
         "--main_process_port", str(free_port()),
-        "-m", "tagtune.train.synthetic", str(ws_root), *args,
+        "-m", "tagtune.synthetic.runs", str(ws_root), *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGTUNE_KILL_AT_STEP": str(kill_at)}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)

@@ -19,9 +19,9 @@ import torch
 from tagtune.core.errors import RecipeError, TrainingError
 from tagtune.recipe.model import StageConfig, parse_recipe
 from tagtune.recipe.validation import ValidationConfig
+from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 from tagtune.train.runtime import Runtime
 from tagtune.train.stages import run_training
-from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 from tagtune.train.te_cache import Encoder
 from tagtune.train.validation import (
     EVALUATION_KEYS,
@@ -221,7 +221,7 @@ def test_resume_keeps_the_evaluations_up_to_the_state_and_refuses_another_held_o
 
 def _drill(ws_root, kill_at: int | None, resume: bool) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGTUNE_KILL_AT_STEP": str(kill_at or 0)}
-    cmd = [sys.executable, "-m", "tagtune.train.synthetic", str(ws_root)]
+    cmd = [sys.executable, "-m", "tagtune.synthetic.runs", str(ws_root)]
     if resume:
         cmd.append("--resume")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode
@@ -247,13 +247,13 @@ def test_sigkill_and_resume_with_validation_is_bit_identical(tmp_path, tiny_sdxl
 
 @pytest.mark.slow
 def test_two_processes_share_the_evaluation_and_report_one_processs_numbers(tmp_path, tiny_sdxl):
-    from tagtune.train.synthetic import free_port
+    from tagtune.synthetic.runs import free_port
 
     recipe = _recipe(count=3, epochs=1, batch_size=2)  # 3 held out: 2 on rank 0, 1 on rank 1
     two, _ = make_training_workspace(tmp_path / "two", recipe, n=11)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(free_port()), "-m", "tagtune.train.synthetic", str(two.root),
+        "--master_port", str(free_port()), "-m", "tagtune.synthetic.runs", str(two.root),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -139,7 +139,7 @@ def run_demo(
     from tagtune.models.tiny import build_tiny_sdxl
     from tagtune.prepare.run import prepare_workspace
     from tagtune.report import write_report
-    from tagtune.synthetic import write_collection
+    from tagtune.synthetic.collection import write_collection
     from tagtune.tags.analytics import suggest_tags
     from tagtune.train.export import export_model
     from tagtune.train.sampling import save_grid

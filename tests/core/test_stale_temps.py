@@ -160,7 +160,7 @@ def test_a_stale_state_temp_is_removed_when_its_stage_starts(
     tmp_path, capsys, dead_pid, monkeypatch, tiny_sdxl
 ):
     import tagtune.train.stages as stages
-    from tagtune.train.synthetic import latents_for, make_training_workspace, tiny_train_recipe
+    from tagtune.synthetic.runs import latents_for, make_training_workspace, tiny_train_recipe
 
     torch.set_num_threads(1)
     ws, _ = make_training_workspace(tmp_path / "ws", tiny_train_recipe(epochs=1), n=2)

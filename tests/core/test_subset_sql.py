@@ -262,7 +262,7 @@ def test_tags_where_through_the_command(ws, tmp_path):
 
 
 def test_train_dry_run_with_a_hostile_recipe_subset(tmp_path):
-    from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
+    from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 
     out = tmp_path / "stolen.csv"
     clause = HOSTILE[0][0].replace(OUT, str(out))

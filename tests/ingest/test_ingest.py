@@ -15,7 +15,7 @@ from tagtune.core.errors import InputError
 from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest, update_favorites
 from tagtune.recipe.model import IngestConfig, Recipe, SafetyConfig
-from tagtune.synthetic import shape_image, write_collection
+from tagtune.synthetic.collection import shape_image, write_collection
 
 
 def post(pid: int, **over) -> dict:

@@ -9,7 +9,7 @@ import torch
 
 from tagtune.models.components import VAE_SCALING_FACTOR
 from tagtune.models.tiny import build_tiny_sdxl, scale_vae_latents
-from tagtune.synthetic import shape_image
+from tagtune.synthetic.collection import shape_image
 
 
 def _pixels(seed: int, size: tuple[int, int], n: int = 6) -> torch.Tensor:

@@ -21,8 +21,8 @@ from tagtune.models.safetensors_io import read_header, write_safetensors
 from tagtune.models.save import save_single_file
 from tagtune.prepare.encode import PrepareItem, encode_images, vae_fingerprint
 from tagtune.recipe.model import BucketConfig
+from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 from tagtune.train.stages import run_training
-from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 
 FROZEN_TE = {"lr_text_encoder": 0.0, "lr_text_encoder_2": 0.0}
 BUCKETS = BucketConfig(resolution=64, min_side=64, max_side=64, step=64)
@@ -30,7 +30,7 @@ BUCKETS = BucketConfig(resolution=64, min_side=64, max_side=64, step=64)
 
 def _add_images(ws, n: int) -> list[PrepareItem]:
     """n 64x64 shape images for posts 1..n, in the catalog's files table."""
-    from tagtune.synthetic import shape_image
+    from tagtune.synthetic.collection import shape_image
 
     rng = np.random.default_rng(0)
     items = []

@@ -138,7 +138,7 @@ def calibration_images(n: int = 8, size: int = 64) -> torch.Tensor:
     """Ordinary-looking pixels [n, 3, size, size] in [-1, 1]: the synthetic coloured shapes."""
     import numpy as np
 
-    from tagtune.synthetic import shape_image
+    from tagtune.synthetic.collection import shape_image
 
     rng = np.random.default_rng(0)
     arrays = [np.asarray(shape_image(rng, (size, size))[0]) for _ in range(n)]

@@ -4,7 +4,7 @@
 writes a workspace whose catalog holds posts and captions with harmless tags;
 `make_theme_workspace` one of two image themes named by their caption, with a real latent cache
 (the learning test's collection). Run
-`python -m tagtune.train.synthetic WS [--resume] [--stage NAME]` to train the tiny model on
+`python -m tagtune.synthetic.runs WS [--resume] [--stage NAME]` to train the tiny model on
 such a workspace (what the SIGKILL and 2-process tests launch).
 """
 
@@ -130,7 +130,7 @@ def make_theme_workspace(
 ) -> tuple[Workspace, Any]:
     """A workspace of `n` images of two themes (alternating) whose caption is the theme tag.
 
-    The images (64x64 px, `tagtune.synthetic.theme_image`) are written under WS/images and
+    The images (64x64 px, `tagtune.synthetic.collection.theme_image`) are written under WS/images and
     encoded by `vae` into the workspace's latent cache, as `tagtune prepare` does. Returns the
     workspace and the latent cache.
     """
@@ -141,7 +141,7 @@ def make_theme_workspace(
     from tagtune.prepare.encode import PrepareItem, encode_images, vae_fingerprint
     from tagtune.prepare.latent_cache import open_latent_cache
     from tagtune.recipe.model import BucketConfig
-    from tagtune.synthetic import THEMES, theme_image
+    from tagtune.synthetic.collection import THEMES, theme_image
 
     ws = init_workspace(root, recipe, force=True)
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 from tagtune.ingest.safety import blocked_reason
-from tagtune.synthetic import (
+from tagtune.synthetic.collection import (
     iter_synthetic_posts,
     synthetic_post,
     vocabulary,
