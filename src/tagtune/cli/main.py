@@ -8,18 +8,18 @@ import sys
 import typer
 
 from tagtune.cli import (
-    caption_cmd,
-    card_cmd,
-    demo_cmd,
-    generate_cmd,
-    ingest_cmd,
-    merge_cmd,
-    model_cmds,
-    prepare_cmd,
-    report_cmd,
-    tags_cmd,
-    train_cmd,
-    workspace_cmds,
+    caption,
+    card,
+    demo,
+    generate,
+    ingest,
+    merge,
+    models,
+    prepare,
+    report,
+    tags,
+    train,
+    workspace,
 )
 from tagtune.cli.common import err_console, error_line
 from tagtune.core.errors import TagtuneError
@@ -40,18 +40,18 @@ def _root() -> None:
 
 
 for module in (
-    workspace_cmds,
-    ingest_cmd,
-    caption_cmd,
-    tags_cmd,
-    model_cmds,
-    prepare_cmd,
-    train_cmd,
-    generate_cmd,
-    merge_cmd,
-    card_cmd,
-    report_cmd,
-    demo_cmd,
+    workspace,
+    ingest,
+    caption,
+    tags,
+    models,
+    prepare,
+    train,
+    generate,
+    merge,
+    card,
+    report,
+    demo,
 ):
     module.register(app)
 

@@ -79,7 +79,7 @@ def one_error(run: Run, *needles: str) -> str:
 
 def cli_subprocess(*args, timeout: int = 60) -> subprocess.CompletedProcess:
     """`tagtune ARGS` in a child process: for cases that could hang the caller."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     return subprocess.run(
         [sys.executable, "-m", "tagtune.cli.main", *map(str, args)],
         capture_output=True,
