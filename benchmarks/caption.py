@@ -47,7 +47,7 @@ FROM posts
 def build_workspace(out: Path, n: int) -> Path:
     """A workspace with a catalog of `n` synthetic posts (reused when already built)."""
     from tagtune.core.catalog import open_catalog
-    from tagtune.core.workspace import init_workspace
+    from tagtune.recipe.workspace import init_workspace
     from tagtune.synthetic.collection import write_jsonl_dump
 
     ws_dir = out / f"caption-ws-{n}"

@@ -16,8 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
-from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest
+from tagtune.recipe.workspace import init_workspace
 from tagtune.synthetic.collection import write_jsonl_dump
 
 

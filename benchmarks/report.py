@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from tagtune.captions.build import build_captions
-from tagtune.core.workspace import init_workspace, open_workspace
+from tagtune.core.workspace import open_workspace
 from tagtune.ingest import ingest
+from tagtune.recipe.workspace import init_workspace
 from tagtune.report import write_report
 from tagtune.synthetic.collection import write_jsonl_dump
 

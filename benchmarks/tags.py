@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from tagtune.core.catalog import open_catalog
-from tagtune.core.workspace import init_workspace
+from tagtune.recipe.workspace import init_workspace
 from tagtune.tags import analytics as tg
 
 QUALITY = [(150, "masterpiece"), (100, "best quality"), (75, "great quality"),

@@ -11,8 +11,8 @@ from tagtune.card import write_card
 from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import WorkspaceError
-from tagtune.core.workspace import init_workspace
 from tagtune.recipe.model import Recipe
+from tagtune.recipe.workspace import init_workspace
 
 HASHES = {
     "sha256": "ab" * 32,

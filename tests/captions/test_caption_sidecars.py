@@ -8,9 +8,9 @@ from cli_main import run_cli
 from tagtune.captions.build import build_captions
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
-from tagtune.core.workspace import init_workspace
 from tagtune.ingest.driver import sync_with_recipe
 from tagtune.recipe.model import parse_recipe
+from tagtune.recipe.workspace import init_workspace, workspace_recipe
 
 POSTS = """
 INSERT INTO posts (id, md5, score, rating, date, tags_copyright, tags_general, favorite) VALUES
@@ -27,7 +27,7 @@ def ws(tmp_path):
     for name in ("a.png", "b.png"):
         (w.root / "images" / name).write_bytes(b"not checked here")
     with open_catalog(w.catalog_path) as con:
-        sync_with_recipe(con, w.recipe())
+        sync_with_recipe(con, workspace_recipe(w))
         con.execute(POSTS)
         con.execute(
             "INSERT INTO files VALUES (1, 'images/a.png', 'h1', 64, 64, 'png', 1), "

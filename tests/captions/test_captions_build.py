@@ -16,9 +16,9 @@ from tagtune.captions.tokens import TokenCounter
 from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
-from tagtune.core.workspace import init_workspace
 from tagtune.ingest.driver import sync_with_recipe
 from tagtune.recipe.model import parse_recipe
+from tagtune.recipe.workspace import init_workspace, workspace_recipe
 
 POSTS = """
 INSERT INTO posts (id, md5, score, rating, date, created_at, tags_artist, tags_copyright,
@@ -42,7 +42,9 @@ def ws(tmp_path):
     for name in ("a.png", "d.jpg"):
         (w.root / "images" / name).write_bytes(b"not checked here")
     with open_catalog(w.catalog_path) as con:
-        sync_with_recipe(con, w.recipe())  # judged as ingest leaves it (keeps post 3's exclusion)
+        sync_with_recipe(
+            con, workspace_recipe(w)
+        )  # judged as ingest leaves it (keeps post 3's exclusion)
         con.execute(LATE_POST)  # stored before the others: outputs still come in id order
         con.execute(POSTS)
         con.execute(

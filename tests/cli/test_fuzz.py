@@ -281,7 +281,7 @@ def png_bytes() -> bytes:
 @example(case=("garbage", b"\xff\xfe{"))
 def test_fuzzed_sidecars_never_stop_an_ingest(tmp_path_factory, monkeypatch, png_bytes, case):
     import tagtune.ingest.sources as sources
-    from tagtune.core.workspace import init_workspace
+    from tagtune.recipe.workspace import init_workspace
 
     monkeypatch.setattr(sources, "MAX_SIDECAR_BYTES", SIDECAR_LIMIT)
     root = tmp_path_factory.mktemp("fuzz")

@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from tagtune.cli.main import main
-from tagtune.core.workspace import init_workspace
 from tagtune.models.configs import METADATA_KEY, sdxl_base_configs
 from tagtune.models.save import save_single_file
+from tagtune.recipe.workspace import init_workspace
 from tagtune.synthetic.collection import shape_image
 
 

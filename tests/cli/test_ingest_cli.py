@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tagtune.cli.main import app
 from tagtune.core.errors import InputError, WorkspaceError
-from tagtune.core.workspace import init_workspace
+from tagtune.recipe.workspace import init_workspace
 from tagtune.synthetic.collection import write_collection
 
 runner = CliRunner()

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from cli_main import run_cli
-from tagtune.core.workspace import init_workspace
 from tagtune.models.safetensors_io import read_header
 from tagtune.models.save import save_single_file
+from tagtune.recipe.workspace import init_workspace, workspace_recipe
 from tagtune.train import records as rec
 from tagtune.train.state import MARKER
 
@@ -33,7 +33,7 @@ def completed_run_workspace(root, tiny_sdxl):
     """A workspace whose stage `main` is complete (its final state holds no trained module,
     so an export writes the base weights) and whose base model is `base.safetensors`."""
     ws = init_workspace(root)
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     recipe.model.base = "base.safetensors"
     recipe.train.mixed_precision = "no"  # CPU: the stage chain is reached
     init_workspace(ws.root, recipe=recipe, force=True)

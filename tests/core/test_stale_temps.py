@@ -18,6 +18,7 @@ from test_overwrite_rules import completed_run_workspace
 
 from cli_main import run_cli
 from tagtune.core.atomic import atomic_dir, atomic_path
+from tagtune.recipe.workspace import workspace_recipe
 
 MB = 1_000_000
 HOUR = 3600
@@ -137,15 +138,15 @@ def test_caption_removes_stale_temps_of_captions_jsonl_and_its_sidecars(tmp_path
     from test_caption_sidecars import POSTS
 
     from tagtune.core.catalog import open_catalog
-    from tagtune.core.workspace import init_workspace
     from tagtune.ingest.driver import sync_with_recipe
+    from tagtune.recipe.workspace import init_workspace
 
     ws = init_workspace(tmp_path / "ws")
     images = ws.root / "images"
     images.mkdir()
     (images / "a.png").write_bytes(b"x")
     with open_catalog(ws.catalog_path) as con:
-        sync_with_recipe(con, ws.recipe())
+        sync_with_recipe(con, workspace_recipe(ws))
         con.execute(POSTS)
         con.execute("INSERT INTO files VALUES (1, 'images/a.png', 'h1', 64, 64, 'png', 1)")
     killed = [temp(ws.root, "captions.jsonl", dead_pid, MB), temp(images, "a.txt", dead_pid, 10)]

@@ -20,7 +20,7 @@ from tagtune.cli.main import app
 from tagtune.core.catalog import SCHEMA, check_subset, open_catalog, subset_where
 from tagtune.core.errors import InputError
 from tagtune.core.subsets import SUBSET_COLUMNS, render_clause
-from tagtune.core.workspace import init_workspace
+from tagtune.recipe.workspace import init_workspace
 
 OUT = "{out}"  # replaced by a path under tmp_path: a file the clause tries to create
 

@@ -12,9 +12,9 @@ import pytest
 
 from tagtune.core.catalog import open_catalog, subset_where
 from tagtune.core.errors import InputError
-from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest, update_favorites
 from tagtune.recipe.model import IngestConfig, Recipe, SafetyConfig
+from tagtune.recipe.workspace import init_workspace
 from tagtune.synthetic.collection import shape_image, write_collection
 
 

@@ -20,11 +20,11 @@ from tagtune.captions.rules import build_caption
 from tagtune.captions.sidecars import sidecar_path
 from tagtune.captions.tokens import TokenCounter
 from tagtune.core.catalog import open_catalog
-from tagtune.core.workspace import init_workspace
 from tagtune.ingest import ingest
 from tagtune.ingest.driver import sync_with_recipe
 from tagtune.ingest.tag_normalize import filter_key, normalize_tags, split_tags
 from tagtune.recipe.model import CaptionConfig, parse_recipe
+from tagtune.recipe.workspace import init_workspace, workspace_recipe
 
 LOLI = "safety: blocked tag loli"
 
@@ -128,7 +128,7 @@ def test_a_catalog_from_before_the_normaliser_is_normalised_and_judged_again(tmp
             '"shota", "toddlercon"], "legacy_ratings": false, "unless_general": ["aged_down", '
             '"baby", "child", "female_child", "male_child", "toddler"]}\')'
         )
-        assert sync_with_recipe(con, ws.recipe()) == 2
+        assert sync_with_recipe(con, workspace_recipe(ws)) == 2
         got = con.execute("SELECT id, tags_general, excluded FROM posts ORDER BY id").fetchall()
     assert got == [(1, ["1girl", "loli"], LOLI), (2, ["loli"], LOLI), (3, ["smile"], None)]
 
@@ -140,7 +140,7 @@ def caption_ws(tmp_path, caption: dict):
     ws = init_workspace(tmp_path / "ws", parse_recipe({"caption": caption}))
     (ws.root / "images").mkdir()
     with open_catalog(ws.catalog_path) as con:
-        sync_with_recipe(con, ws.recipe())
+        sync_with_recipe(con, workspace_recipe(ws))
         con.execute(
             "INSERT INTO posts (id, md5, score, rating, rating_raw, tags_general) VALUES "
             "(1, 'a', 10, 'g', 'g', ['smile']), (2, 'b', 10, 's', 's', ['smile']), "

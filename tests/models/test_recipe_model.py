@@ -21,6 +21,7 @@ from tagtune.models.safetensors_io import read_header, write_safetensors
 from tagtune.models.save import save_single_file
 from tagtune.prepare.encode import PrepareItem, encode_images, vae_fingerprint
 from tagtune.recipe.model import BucketConfig
+from tagtune.recipe.workspace import workspace_recipe
 from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 from tagtune.train.stages import run_training
 
@@ -91,7 +92,7 @@ def test_the_loader_bakes_a_single_file_vae_in_and_names_it(tmp_path, tiny_sdxl)
         "vaes/fix.safetensors", "fix.safetensors", hashes["sha256"], hashes["autov2"],
     )  # fmt: skip
     assert src.fingerprint == vae_fingerprint(fix.half())  # the fp16 values, fp32-held
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     recipe.model.vae = ""
     plain = load_recipe_model(ws, recipe)
     assert (plain.vae_source.path, plain.vae_source.fingerprint) == (
@@ -113,7 +114,7 @@ def test_the_loader_refuses_a_vae_of_another_shape_and_a_missing_base(tmp_path, 
         "shape [16, 4, 3, 3] does not match the checkpoint's [32, 4, 3, 3] (a VAE of another "
         "model?)"
     )
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     recipe.model.base = ""
     with pytest.raises(WorkspaceError) as err:
         load_recipe_model(ws, recipe)
@@ -123,9 +124,9 @@ def test_the_loader_refuses_a_vae_of_another_shape_and_a_missing_base(tmp_path, 
 def test_bf16_training_finds_the_cache_prepare_wrote_in_fp32(tmp_path, tiny_sdxl):
     """The VAE is neither cast nor moved for training: its fingerprint is prepare's."""
     ws = _workspace(tmp_path, tiny_sdxl, n=2)
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     recipe.train.weight_dtype = "bf16"
-    from tagtune.core.workspace import init_workspace
+    from tagtune.recipe.workspace import init_workspace
 
     init_workspace(ws.root, recipe, force=True)
     encode_images(_add_images(ws, 2), tiny_sdxl.vae, ws.cache_dir, BUCKETS, workers=0)

@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, RecipeError, WorkspaceError
-from tagtune.core.workspace import Workspace, init_workspace
+from tagtune.core.workspace import Workspace
 from tagtune.prepare.encode import open_latent_cache
 from tagtune.prepare.run import bucket_chart, plan_workspace, prepare_workspace
 from tagtune.recipe.model import BucketConfig, Recipe
+from tagtune.recipe.workspace import init_workspace, workspace_recipe
 
 runner = CliRunner()
 
@@ -163,7 +164,7 @@ def test_vae_comes_from_the_recipe_and_the_cli_encodes(ws, tiny_sdxl):
     with torch.no_grad():
         next(fixed.parameters()).mul_(0.5)
     fixed.save_pretrained(ws.root / "fixed-vae")
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     recipe.model.base = "base.safetensors"
     init_workspace(ws.root, recipe, force=True)
     assert vae_fingerprint(load_recipe_vae(ws)) == vae_fingerprint(tiny_sdxl.vae)

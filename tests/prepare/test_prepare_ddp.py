@@ -12,16 +12,16 @@ import pytest
 from test_prepare import make_prepare_workspace
 
 from tagtune.core.catalog import open_catalog
-from tagtune.core.workspace import init_workspace
 from tagtune.models.save import save_single_file
 from tagtune.prepare.encode import open_latent_cache
+from tagtune.recipe.workspace import init_workspace, workspace_recipe
 
 
 @pytest.mark.slow
 def test_two_processes_each_encode_their_own_share(tmp_path, tiny_sdxl):
     ws = make_prepare_workspace(tmp_path / "ws")
     save_single_file(tiny_sdxl, ws.root / "base.safetensors", dtype="fp32", hash_sha256=False)
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     recipe.model.base = "base.safetensors"
     init_workspace(ws.root, recipe, force=True)
     with socket.socket() as s:

@@ -8,9 +8,10 @@ import tomllib
 import pytest
 
 from tagtune.core.errors import RecipeError
-from tagtune.core.workspace import init_workspace, open_workspace
+from tagtune.core.workspace import open_workspace
 from tagtune.recipe.model import Recipe, load_recipe, parse_recipe
 from tagtune.recipe.toml_io import render_recipe
+from tagtune.recipe.workspace import init_workspace, workspace_recipe
 
 
 def test_defaults_are_the_reference_workflow():
@@ -83,7 +84,7 @@ def test_rendered_recipe_parses_back_to_the_defaults():
 
 def test_init_writes_a_loadable_recipe_and_refuses_to_overwrite(tmp_path):
     ws = init_workspace(tmp_path / "ws")
-    assert open_workspace(ws.root).recipe() == Recipe()
+    assert workspace_recipe(open_workspace(ws.root)) == Recipe()
     with pytest.raises(RecipeError.__mro__[1]) as exc:  # WorkspaceError
         init_workspace(tmp_path / "ws")
     assert "already exists" in str(exc.value)

@@ -20,7 +20,7 @@ from browser import Browser, find_chromium
 from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
-from tagtune.core.workspace import init_workspace
+from tagtune.recipe.workspace import init_workspace
 from tagtune.report import watch_report, write_report
 
 SECTIONS = ("dataset", "buckets", "runs", "outputs")

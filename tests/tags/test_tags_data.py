@@ -6,7 +6,8 @@ import random
 from dataclasses import dataclass, field
 
 from tagtune.core.catalog import open_catalog
-from tagtune.core.workspace import Workspace, init_workspace
+from tagtune.core.workspace import Workspace
+from tagtune.recipe.workspace import init_workspace
 
 ARTISTS = ["artist a", "artist b", "artist c"]
 COPYRIGHTS = ["original", "fate (series)"]

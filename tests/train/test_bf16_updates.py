@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from tagtune.core.workspace import init_workspace
+from tagtune.recipe.workspace import init_workspace
 from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 from tagtune.train import rounding
 from tagtune.train.rounding import round_generator, stochastic_round_

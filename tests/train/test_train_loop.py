@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from tagtune.core.errors import TrainingError
-from tagtune.core.workspace import init_workspace
 from tagtune.prepare.encode import vae_fingerprint
 from tagtune.recipe.model import StageConfig
+from tagtune.recipe.workspace import init_workspace
 from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 from tagtune.train.data import Example
 from tagtune.train.loss import diffusion_loss, training_scheduler

@@ -28,8 +28,10 @@ from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.core.stale_temps import clean_stale_temps
 from tagtune.core.workspace import Workspace
+from tagtune.ingest.driver import sync_with_recipe
 from tagtune.ingest.safety import CAPTION_VERDICT
 from tagtune.recipe.model import CaptionConfig, SafetyConfig
+from tagtune.recipe.workspace import workspace_recipe
 
 TOKEN_LIMITS = (75, 150, 225)
 """Caption lengths reported: training reads 75-token chunks, up to 225 tokens."""
@@ -149,8 +151,6 @@ def build_captions(
     """
     import pyarrow as pa
 
-    from tagtune.ingest.driver import sync_with_recipe
-
     t0 = time.perf_counter()
     sidecars = sidecars or sidecars_dir is not None
     if overwrite and not sidecars:
@@ -158,7 +158,7 @@ def build_captions(
     if sidecars_dir is not None and Path(sidecars_dir).exists() and not Path(sidecars_dir).is_dir():
         raise InputError("is not a folder", file=sidecars_dir, field="--sidecars-dir")
     clean_stale_temps(ws.captions_path)
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     cfg = cfg or recipe.caption
     if not ws.catalog_path.exists():
         raise WorkspaceError(
@@ -354,7 +354,7 @@ def show_caption(ws: Workspace, post_id: int, cfg: CaptionConfig | None = None) 
     is written). An excluded post (by its tags, or its caption blocked by the safety filter
     now) says why it has no caption; an unknown id is an InputError.
     """
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     cfg = cfg or recipe.caption
     with open_catalog(ws.catalog_path, read_only=True) as con:
         cur = con.execute(

@@ -20,6 +20,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from tagtune.models import clip_vocab
+from tagtune.models.clip_vocab import clip_tokenizer
+
 CLIP_BPE = "clip-bpe"
 APPROXIMATE = "approximate"
 
@@ -46,7 +49,6 @@ def _separate(text: str, glue: str) -> bool:
 @functools.lru_cache(maxsize=1)
 def _clip_tokenizer():
     """The fast CLIP tokenizer over the real vocabulary, built once per process."""
-    from tagtune.models.clip_vocab import clip_tokenizer
 
     return clip_tokenizer()
 
@@ -58,7 +60,6 @@ class TokenCounter:
     """
 
     def __init__(self, separator: str = ", ", approximate: bool | None = None) -> None:
-        from tagtune.models import clip_vocab
 
         self.separator = separator
         self.glue = separator.rstrip()  # the part of the separator glued to the previous tag

@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, print_json
+from tagtune.core.workspace import open_workspace
 
 
 def _print_show(info: dict[str, Any]) -> None:
@@ -91,7 +92,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build every included post's caption: catalog table, captions.jsonl, optional sidecars."""
         from tagtune.captions.build import build_captions, show_caption
-        from tagtune.core.workspace import open_workspace
 
         w = open_workspace(ws)
         side = {"sidecars": sidecars, "sidecars_dir": sidecars_dir, "overwrite": overwrite}

@@ -8,6 +8,8 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, print_json
+from tagtune.core.errors import InputError
+from tagtune.generate.infotext import read_png_infotext
 
 DEFAULTS = {
     "negative": "worst quality",
@@ -59,7 +61,6 @@ def register(app: typer.Typer) -> None:
         """Generate images; each PNG carries A1111 infotext (Model hash = AutoV2)."""
         from rich.progress import Progress
 
-        from tagtune.core.errors import InputError
         from tagtune.generate.pipeline import generate as run_generate
         from tagtune.generate.pipeline import params_from_png
 
@@ -91,8 +92,6 @@ def register(app: typer.Typer) -> None:
                 **params,
             )
         if as_json:
-            from tagtune.generate.infotext import read_png_infotext
-
             seeds = [read_png_infotext(p).seed for p in paths]
             print_json({"images": [str(p) for p in paths], "seeds": seeds, "params": params})
             return

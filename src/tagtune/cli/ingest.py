@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, err_console, print_json
+from tagtune.core.workspace import open_workspace
 
 
 def _counts_table(title: str, summary: dict[str, Any]):
@@ -63,7 +64,6 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Build or update the workspace catalog from SOURCEs (re-running changes nothing)."""
-        from tagtune.core.workspace import open_workspace
         from tagtune.ingest import ingest as run_ingest
 
         w = open_workspace(ws)
@@ -92,7 +92,6 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Re-mark favorites from a list without re-ingesting; unknown entries are reported."""
-        from tagtune.core.workspace import open_workspace
         from tagtune.ingest import update_favorites
 
         result = update_favorites(open_workspace(ws), file, replace=replace)
@@ -130,7 +129,6 @@ def register(app: typer.Typer) -> None:
         """Counts in the catalog: posts, images, favorites, per rating, per year, problems."""
         from rich.table import Table
 
-        from tagtune.core.workspace import open_workspace
         from tagtune.ingest import read_status
 
         data = read_status(open_workspace(ws))

@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, print_json
+from tagtune.merge.blocks import parse_blocks
 
 
 def register(app: typer.Typer) -> None:
@@ -46,7 +47,6 @@ def register(app: typer.Typer) -> None:
         """Merge checkpoints tensor by tensor: (1-alpha)A + alpha B, or A + alpha(B - C)."""
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-        from tagtune.merge.blocks import parse_blocks
         from tagtune.merge.checkpoints import MergeSpec, merge_checkpoints
 
         spec = MergeSpec(

@@ -8,6 +8,8 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, err_console, one_line, print_json
+from tagtune.core.errors import TagtuneError
+from tagtune.models.hashes import file_hashes
 
 DTYPE_HELP = "Tensor precision of the output: fp16, bf16 or fp32."
 
@@ -44,9 +46,6 @@ def _written(result, as_json: bool, title: str) -> None:
 
 def _hash_all(files: list[Path]) -> dict[str, dict]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    from tagtune.core.errors import TagtuneError
-    from tagtune.models.hashes import file_hashes
 
     results: dict[str, dict] = {}
     with Progress(

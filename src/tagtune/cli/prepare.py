@@ -9,6 +9,8 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, print_json
+from tagtune.core.errors import InputError
+from tagtune.core.workspace import open_workspace
 
 ACTIONS = ("chart",)
 
@@ -98,8 +100,6 @@ def register(app: typer.Typer) -> None:
         --plan prints the bucket table and each stage's steps (no image is read).
         `tagtune prepare WS chart --out buckets.png` draws the bucket histogram.
         """
-        from tagtune.core.errors import InputError
-        from tagtune.core.workspace import open_workspace
 
         if action is not None and action not in ACTIONS:
             raise InputError(

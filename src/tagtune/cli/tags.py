@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, err_console, print_json
+from tagtune.core.workspace import open_workspace
 
 tags_app = typer.Typer(
     help="Tag analytics over the caption tags: top, similar, suggest, chart.",
@@ -32,7 +33,6 @@ def _busy():
 
 
 def _workspace(ctx: typer.Context):
-    from tagtune.core.workspace import open_workspace
 
     return open_workspace(ctx.obj)
 

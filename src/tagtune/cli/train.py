@@ -9,6 +9,8 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, print_json
+from tagtune.core.errors import InputError
+from tagtune.core.workspace import open_workspace
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +37,6 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Train the recipe's stages in order (all pending ones, or --stage NAME)."""
-        from tagtune.core.workspace import open_workspace
 
         ws = open_workspace(workspace)
         if dry_run:
@@ -81,8 +82,6 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Write a single-file SDXL checkpoint from a run's last completed stage."""
-        from tagtune.core.errors import InputError
-        from tagtune.core.workspace import open_workspace
         from tagtune.train.export import export_model
 
         if dtype is not None and dtype not in ("fp16", "bf16", "fp32"):

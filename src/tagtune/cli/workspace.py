@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Overwrite an existing tagtune.toml."),
     ) -> None:
         """Create a workspace folder with a commented recipe (the reference workflow)."""
-        from tagtune.core.workspace import init_workspace
+        from tagtune.recipe.workspace import init_workspace
 
         w = init_workspace(ws, force=force)
         console.print(

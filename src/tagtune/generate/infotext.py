@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tagtune.core.atomic import atomic_path
 from tagtune.core.errors import InputError
 
 # our sampler name -> A1111's label (older single-label form for Karras variants,
@@ -166,8 +167,6 @@ def parse_infotext(text: str) -> Infotext:
 def write_png(image, path: str | Path, info: Infotext) -> Path:
     """Save a PIL image as PNG with the infotext in its `parameters` tEXt chunk, atomically."""
     from PIL.PngImagePlugin import PngInfo
-
-    from tagtune.core.atomic import atomic_path
 
     meta = PngInfo()
     meta.add_text(PARAMETERS_KEY, format_infotext(info))

@@ -19,6 +19,8 @@ from typing import Any
 from tagtune.core.errors import DependencyError, InputError
 from tagtune.core.outputs import claim_output
 from tagtune.generate.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
+from tagtune.generate.prompt_parser import parse_prompt
+from tagtune.models.hashes import file_hashes
 from tagtune.recipe.model import MAX_SIDE
 
 # our sampler name -> (diffusers scheduler class, config overrides)
@@ -95,7 +97,6 @@ def make_scheduler(name: str, config: dict[str, Any]):
 
 def _autov2(path: Path) -> str:
     """A1111's short hash (lower-case AutoV2): the first 10 hex of the file's SHA-256."""
-    from tagtune.models.hashes import file_hashes
 
     return file_hashes(path)["autov2"].lower()
 
@@ -161,7 +162,6 @@ def prompt_embeddings(components: Any, prompt: str, negative: str, clip_skip: in
     """(cond, pooled, uncond, uncond_pooled): emphasis parsed, long prompts chunked, same length."""
     import torch
 
-    from tagtune.generate.prompt_parser import parse_prompt
     from tagtune.models.conditioning import encode_prompts
 
     with torch.no_grad():

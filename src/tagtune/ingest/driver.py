@@ -49,6 +49,7 @@ from tagtune.ingest.sources import (
 )
 from tagtune.ingest.tag_normalize import TAG_RULES, sql_functions
 from tagtune.recipe.model import Recipe
+from tagtune.recipe.workspace import workspace_recipe
 
 
 def insert_rows(
@@ -447,7 +448,7 @@ def ingest(
     `"added"`: what this run added per source. Image paths are stored absolute, so later
     stages find them whatever folder they run from.
     """
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     sources = [Path(src).expanduser().resolve() for src in sources]
     images = Path(images).expanduser().resolve() if images is not None else None
     for src in sources:

@@ -33,6 +33,7 @@ import torch
 
 from tagtune.core.errors import ModelFileError
 from tagtune.core.workers import Background
+from tagtune.models.hashes import file_hashes
 from tagtune.models.load import PICKLE_SUFFIXES
 from tagtune.models.safetensors_io import DTYPES, Header, itemsize, read_header
 
@@ -229,7 +230,6 @@ class PieceReader:
         if hasher is not None and self.pos[i] == self.headers[i].file_size:
             hasher.close()
             return sha.hexdigest()
-        from tagtune.models.hashes import file_hashes
 
         return file_hashes(self.headers[i].path)["sha256"]
 

@@ -20,6 +20,7 @@ import torch
 from tagtune.core.errors import DependencyError, ModelFileError
 from tagtune.core.untrusted import BadJSON, parse_json
 from tagtune.models import keys
+from tagtune.models.clip_vocab import sdxl_tokenizers, vocab_available
 from tagtune.models.components import SDXLComponents
 from tagtune.models.configs import (
     CONFIG_FILES,
@@ -243,7 +244,6 @@ def resolve_tokenizers(tokenizers: Any = None, folder: Path | None = None) -> tu
             )  # type: ignore[return-value]
     if tokenizers is not None:
         raise DependencyError("has no tokenizer/ and tokenizer_2/ folders", file=tokenizers)
-    from tagtune.models.clip_vocab import sdxl_tokenizers, vocab_available
 
     if vocab_available():
         return sdxl_tokenizers()

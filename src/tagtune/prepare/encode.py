@@ -20,7 +20,6 @@ writes its own shards and index.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from tagtune.models.components import VAE_SCALING_FACTOR
+from tagtune.models.vae_bake import vae_fingerprint
 from tagtune.prepare.buckets import (
     Bucket,
     CropPlan,
@@ -143,25 +143,6 @@ class PrepareResult:
             "encoder_wait_share": round(self.encoder_wait_share, 4),
             "steady_wait_share": round(self.steady_wait_share, 4),
         }
-
-
-def vae_fingerprint(vae: Any) -> str:
-    """sha256 over the VAE's weights: every name, shape and value, floats as fp32 bytes.
-
-    Any change to a weight's value (a baked fixed VAE, weights rounded to another precision)
-    gives another hash, so latents of one VAE are never served for another. The dtype the
-    weights are held in does not count: an fp16 VAE file loaded into fp32 modules, or the
-    same values held in bf16, hash alike (and as tagtune's earlier fp32-only hash did).
-    """
-    h = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
-        t = tensor.detach().to("cpu")
-        if t.is_floating_point():
-            t = t.to(torch.float32)
-        t = t.contiguous().reshape(-1)
-        h.update(f"{name}|{tuple(tensor.shape)}|{str(t.dtype)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
 from tagtune.prepare.buckets import Bucket, StagePlan, count_buckets, plan_steps
 from tagtune.prepare.encode import PrepareItem, PrepareResult, Problem, encode_images
+from tagtune.recipe.workspace import workspace_recipe
 
 PREPARE_STAGE = "prepare"
 
@@ -92,7 +93,7 @@ def catalog_items(
 
 def plan_workspace(ws: Workspace, world_size: int = 1) -> PreparePlan:
     """Bucket table and step plan of a workspace, from the catalog's image sizes only."""
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     cfg = recipe.buckets
     with open_catalog(ws.catalog_path, read_only=True) as con:
         stages = recipe.train.stages
@@ -112,7 +113,7 @@ def plan_workspace(ws: Workspace, world_size: int = 1) -> PreparePlan:
 
 
 def _require_base(ws: Workspace) -> None:
-    if not ws.recipe().model.base:
+    if not workspace_recipe(ws).model.base:
         raise RecipeError(
             "no base model set; prepare encodes images with its VAE",
             file=ws.recipe_path,
@@ -178,7 +179,7 @@ def prepare_workspace(
     `vae` defaults to the recipe's (see `load_recipe_vae`); `rank`/`world_size` default to
     accelerate's `PartialState` (one process unless launched with `accelerate launch`).
     """
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     if vae is None:
         _require_base(ws)
     with open_catalog(ws.catalog_path, read_only=True) as con:

@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tagtune.core.errors import RecipeError
 from tagtune.core.untrusted import read_regular
+from tagtune.core.workspace import RECIPE_FILE
 from tagtune.recipe.errors import recipe_error
 from tagtune.recipe.validation import ValidationConfig
 
 SCHEMA_VERSION = 1
-RECIPE_FILE = "tagtune.toml"
 MAX_SIDE = 4096
 """Longest image side anything is made at (buckets, samples, `generate`): 16 megapixels."""
 MAX_RECIPE_BYTES = 4 * 1024 * 1024

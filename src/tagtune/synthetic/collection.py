@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tagtune.core.atomic import atomic_open
+from tagtune.models.shapes import shape_image
 
 COLORS = [
     "red", "blue", "green", "yellow", "purple", "pink", "orange", "white", "black", "grey",
@@ -61,7 +62,6 @@ SYLLABLES = [
     "ka", "ri", "mo", "na", "to", "shi", "yu", "ki", "ha", "ru", "me", "so", "ta", "ne", "fu",
     "ro", "mi", "sa", "ko", "no", "wa", "hi", "chi", "ma",
 ]  # fmt: skip
-SHAPES = ["circle", "square", "triangle", "hexagon"]
 RATINGS = np.array(["g", "s", "q", "e"])
 RATING_P = np.array([0.45, 0.30, 0.15, 0.10])
 EXTS = np.array(["jpg", "png", "webp"])
@@ -237,34 +237,7 @@ def write_jsonl_dump(path: str | Path, n: int, seed: int = 0) -> Path:
 
 # --- a small image collection, laid out as gallery-dl writes it ---------------------------------
 
-_RGB = {
-    "red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60), "yellow": (240, 210, 40),
-    "purple": (140, 50, 190), "pink": (240, 130, 180), "orange": (245, 140, 30),
-    "white": (245, 245, 245), "black": (15, 15, 15), "grey": (128, 128, 128),
-}  # fmt: skip
 _SIZES = [(128, 128), (160, 96), (96, 160), (192, 128), (128, 192), (256, 144), (144, 256)]
-
-
-def shape_image(rng: np.random.Generator, size: tuple[int, int]):
-    """A PIL image of one coloured shape on a coloured background, and its tags."""
-    from PIL import Image, ImageDraw
-
-    bg, fg = rng.choice(list(_RGB), size=2, replace=False)
-    shape = str(rng.choice(SHAPES))
-    w, h = size
-    img = Image.new("RGB", size, _RGB[str(bg)])
-    draw = ImageDraw.Draw(img)
-    r = min(w, h) * float(rng.uniform(0.25, 0.4))
-    cx, cy = w * float(rng.uniform(0.35, 0.65)), h * float(rng.uniform(0.35, 0.65))
-    box = [cx - r, cy - r, cx + r, cy + r]
-    if shape == "circle":
-        draw.ellipse(box, fill=_RGB[str(fg)])
-    elif shape == "square":
-        draw.rectangle(box, fill=_RGB[str(fg)])
-    else:
-        sides = 3 if shape == "triangle" else 6
-        draw.regular_polygon((cx, cy, r), sides, fill=_RGB[str(fg)])
-    return img, [f"{bg}_background", f"{fg}_theme", shape]
 
 
 THEMES = {"red_theme": (210, 40, 40), "blue_theme": (40, 70, 210)}

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 
 from tagtune.core.catalog import open_catalog
-from tagtune.core.workspace import Workspace, init_workspace
+from tagtune.core.workspace import Workspace, open_workspace
 from tagtune.ingest.driver import sync_with_recipe
-from tagtune.recipe.model import Recipe
+from tagtune.recipe.model import BucketConfig, Recipe
+from tagtune.recipe.workspace import init_workspace
+from tagtune.synthetic.collection import THEMES, theme_image
 from tagtune.train.data import keyed_generator
 
 TAGS = ["1girl", "solo", "long_hair", "smile", "blue_sky", "red_circle", "green_square", "outdoors"]
@@ -140,8 +142,6 @@ def make_theme_workspace(
 
     from tagtune.prepare.encode import PrepareItem, encode_images, vae_fingerprint
     from tagtune.prepare.latent_cache import open_latent_cache
-    from tagtune.recipe.model import BucketConfig
-    from tagtune.synthetic.collection import THEMES, theme_image
 
     ws = init_workspace(root, recipe, force=True)
     rng = np.random.default_rng(seed)
@@ -194,7 +194,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dump-weights", default=None, help="folder for each rank's final weights")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from tagtune.core.workspace import open_workspace
     from tagtune.models.tiny import build_tiny_sdxl
     from tagtune.train.stages import run_training
 

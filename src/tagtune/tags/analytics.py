@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import duckdb
 import numpy as np
 
+from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
 from tagtune.core.workspace import Workspace
 from tagtune.tags.index import (
@@ -195,7 +196,6 @@ def top_tags(
     n: int = 50,
 ) -> TopResult:
     """Tag frequencies in a subset (all, favorites or SQL over posts), optionally of one group."""
-    from tagtune.core.catalog import open_catalog
 
     if group is not None and group not in GROUPS:
         raise InputError("unknown tag group", field="group", value=group, allowed=", ".join(GROUPS))
@@ -210,7 +210,6 @@ def similar_tags(
     ws: Workspace, tag: str, n: int = 20, subset: str = "all", where: str | None = None
 ) -> SimilarResult:
     """Tags whose post sets overlap most with `tag`'s (Jaccard), within a subset."""
-    from tagtune.core.catalog import open_catalog
 
     expr = subset_expr(subset, where)
     with open_catalog(ws.catalog_path, read_only=True) as con:
@@ -240,7 +239,6 @@ def suggest_tags(
     all training posts. Without `subset`, the subset is `where` when given, else favorites.
     The ranking replaces that subset's rows in `recommended_tags`.
     """
-    from tagtune.core.catalog import open_catalog
 
     expr = subset_expr(subset or ("all" if where else "favorites"), where)
     with open_catalog(ws.catalog_path, read_only=not store) as con:

@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from tagtune.core.atomic import atomic_path
+from tagtune.core.catalog import open_catalog
+from tagtune.core.outputs import claim_output
 from tagtune.core.workspace import Workspace
+from tagtune.recipe.workspace import workspace_recipe
 
 GROUP_COLORS = {
     "artist": "#d62728",
@@ -86,7 +89,7 @@ def render_chart(
 
 def _token_order(ws: Workspace) -> dict[str, list[str]]:
     """The recipe's own order of the quality, rating and period tokens."""
-    cap = ws.recipe().caption
+    cap = workspace_recipe(ws).caption
     ratings: list[str] = []
     for toks in cap.ratings.values():
         ratings += [t for t in toks if t not in ratings]
@@ -109,8 +112,6 @@ def write_tags_chart(
 
     An existing `out` is replaced only with `force` (never the workspace's own records).
     """
-    from tagtune.core.catalog import open_catalog
-    from tagtune.core.outputs import claim_output
     from tagtune.tags import analytics as tg
 
     claim_output(out, force=force, inputs=ws.inputs())

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import TrainingError
 from tagtune.core.outputs import claim_output
 from tagtune.core.workspace import Workspace
+from tagtune.models.hashes import file_hashes
+from tagtune.models.modelspec import modelspec_metadata
 from tagtune.recipe.model import Recipe
+from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
 
 TOP_TAGS = 100
@@ -37,7 +41,6 @@ class ExportResult:
 
 def tag_frequency(ws: Workspace, top: int = TOP_TAGS) -> dict[str, int]:
     """The most frequent caption tags of the workspace with their counts (for the header)."""
-    from tagtune.core.catalog import open_catalog
 
     if not ws.catalog_path.exists():
         return {}
@@ -85,7 +88,6 @@ def export_components(
 ) -> Path:
     """Write the components as one SDXL single file with ModelSpec + tagtune metadata
     (`tagtune.baked_vae*` name the recipe's VAE when one was baked in)."""
-    from tagtune.models.modelspec import modelspec_metadata
     from tagtune.models.recipe_model import vae_source_of
     from tagtune.models.save import save_single_file
 
@@ -122,11 +124,10 @@ def export_model(
     the recipe's (`load_recipe_model`: `model.vae` baked in), so the file carries the VAE the
     latents were made with; run.json's export record names it.
     """
-    from tagtune.models.hashes import file_hashes
     from tagtune.models.recipe_model import vae_source_of
     from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
 
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     run_dir = ws.runs_dir / (run or recipe.train.run)
     record = rec.read_run(run_dir)
     done = [s for s in (record or {}).get("stages", []) if s["status"] == "complete"]

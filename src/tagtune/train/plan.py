@@ -12,6 +12,7 @@ from typing import Any
 from tagtune.core.catalog import check_subset, open_catalog
 from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
+from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train.data import steps_per_epoch
 from tagtune.train.memory import estimate_memory
 from tagtune.train.optim import warmup_steps
@@ -37,7 +38,7 @@ def dry_run(
     from tagtune.train.stages import load_examples
     from tagtune.train.validation import choose_held_out
 
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     latents = latents if latents is not None else _only_cache(ws)
     stages = []
     held = (

@@ -14,8 +14,12 @@ from typing import Any
 
 import torch
 
+from tagtune.core.atomic import atomic_path
 from tagtune.core.workspace import Workspace
+from tagtune.generate.infotext import Infotext, write_png
+from tagtune.generate.pipeline import build_pipeline, prompt_embeddings, render
 from tagtune.recipe.model import Recipe, StageConfig, TrainConfig
+from tagtune.train.export import export_components
 
 CFG_SCALE = 7.0
 SAMPLER = "euler"
@@ -31,8 +35,6 @@ def sample_images(
     the device the U-Net is on), so a sample and `tagtune generate` with the same prompt,
     seed and settings condition the prompt identically (emphasis, long prompts).
     """
-    from tagtune.generate.infotext import write_png
-    from tagtune.generate.pipeline import build_pipeline
 
     base_seed = cfg.seed if seed is None else seed
     paths, images = [], []
@@ -51,8 +53,6 @@ def _sample_one(
     components: Any, cfg: TrainConfig, pipe: Any, prompt: str, seed: int, label: str
 ) -> tuple[Any, Any]:
     """(infotext, image) of one sample."""
-    from tagtune.generate.infotext import Infotext
-    from tagtune.generate.pipeline import prompt_embeddings, render
 
     width, height = cfg.sample_size
     with mixed_dtype_autocast(components):
@@ -106,8 +106,6 @@ def save_grid(images: list[Any], path: Path) -> Path:
     """Paste images into a near-square grid PNG (atomically)."""
     from PIL import Image
 
-    from tagtune.core.atomic import atomic_path
-
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     w, h = images[0].size
@@ -134,8 +132,6 @@ def epoch_hook(
             label = f"{recipe.project.name}-{stage.name}-e{epoch}"
             sample_images(components, cfg, stage_dir / "samples" / f"epoch-{epoch:03d}", label)
         if cfg.export_every_epoch:
-            from tagtune.train.export import export_components
-
             out = (
                 stage_dir
                 / "exports"

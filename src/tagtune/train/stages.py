@@ -20,10 +20,14 @@ from tagtune.core.catalog import check_subset, open_catalog
 from tagtune.core.errors import TrainingError
 from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
+from tagtune.ingest.driver import catalog_is_current
+from tagtune.models.hashes import file_hashes
 from tagtune.models.recipe_model import vae_source_of
 from tagtune.recipe.model import Recipe, StageConfig
+from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
 from tagtune.train.data import Example, steps_per_epoch
+from tagtune.train.monitor import Monitor
 from tagtune.train.optim import TRAINABLE, warmup_steps
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
 from tagtune.train.validation import (
@@ -68,16 +72,17 @@ def load_examples(
 
     Posts in `exclude` (the held-out images) are left out and not counted as missing.
     """
-    from tagtune.ingest.driver import catalog_is_current
 
     with open_catalog(ws.catalog_path, read_only=True) as con:
-        if not catalog_is_current(con, ws.recipe()):
+        if not catalog_is_current(con, workspace_recipe(ws)):
             raise TrainingError(
                 "the recipe's safety lists or legacy_ratings changed since the catalog was judged",
                 file=ws.catalog_path,
                 hint="run `tagtune caption WS` (it re-judges the posts and rebuilds the captions)",
             )
-        where = check_subset(con, stage.subset, stage_field(ws.recipe().train.stages, stage))
+        where = check_subset(
+            con, stage.subset, stage_field(workspace_recipe(ws).train.stages, stage)
+        )
         rows = con.execute(
             "SELECT c.post_id, c.caption, c.tags FROM captions c JOIN posts ON posts.id = c.post_id "
             f"WHERE {where} ORDER BY c.post_id"
@@ -104,8 +109,6 @@ def base_model_info(ws: Workspace, recipe: Recipe, components: Any) -> dict[str,
     """Path and hashes of the base model (empty hashes for in-memory models)."""
     path = ws.resolve(recipe.model.base) if recipe.model.base else None
     if path is not None and path.is_file():
-        from tagtune.models.hashes import file_hashes
-
         h = file_hashes(path)
         return {"path": recipe.model.base, "sha256": h["sha256"], "autov2": h["autov2"]}
     return {
@@ -196,11 +199,10 @@ def run_training(
     model and in-memory latents. run.json's `vae` names the VAE the latents come from.
     """
     from tagtune.train.loop import StageJob, train_stage
-    from tagtune.train.monitor import Monitor
     from tagtune.train.runtime import make_runtime
     from tagtune.train.sampling import epoch_hook
 
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     cfg = recipe.train
     wanted = plan_stages(recipe, stage)
     known = rec.read_run(ws.runs_dir / cfg.run)
