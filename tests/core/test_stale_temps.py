@@ -23,6 +23,12 @@ from tagtune.recipe.workspace import workspace_recipe
 MB = 1_000_000
 HOUR = 3600
 
+CAPTION_POSTS = """
+INSERT INTO posts (id, md5, score, rating, date, tags_copyright, tags_general, favorite) VALUES
+ (1, 'aa', 150, 'g', DATE '2021-01-01', ['original'], ['1girl', 'smile'], TRUE),
+ (2, 'bb', 5, 'g', DATE '2021-01-01', ['original'], ['blue_sky'], FALSE)
+"""
+
 
 def host_id():
     """The host part of a temp's owner: the first 8 hex of sha256(host name)."""
@@ -135,8 +141,6 @@ def test_export_removes_its_stale_temps(tmp_path, capsys, dead_pid, tiny_sdxl):
 
 
 def test_caption_removes_stale_temps_of_captions_jsonl_and_its_sidecars(tmp_path, capsys, dead_pid):
-    from test_caption_sidecars import POSTS
-
     from tagtune.core.catalog import open_catalog
     from tagtune.ingest.driver import sync_with_recipe
     from tagtune.recipe.workspace import init_workspace
@@ -147,7 +151,7 @@ def test_caption_removes_stale_temps_of_captions_jsonl_and_its_sidecars(tmp_path
     (images / "a.png").write_bytes(b"x")
     with open_catalog(ws.catalog_path) as con:
         sync_with_recipe(con, workspace_recipe(ws))
-        con.execute(POSTS)
+        con.execute(CAPTION_POSTS)
         con.execute("INSERT INTO files VALUES (1, 'images/a.png', 'h1', 64, 64, 'png', 1)")
     killed = [temp(ws.root, "captions.jsonl", dead_pid, MB), temp(images, "a.txt", dead_pid, 10)]
     kept = temp(images, "z.txt", dead_pid, 10)  # no image z.png: not a sidecar of this run
