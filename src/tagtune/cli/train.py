@@ -1,4 +1,4 @@
-"""`tagtune train` and `tagtune export`: thin wrappers over tagtune.train."""
+"""`tagtune train`: a thin wrapper over tagtune.train (plan, run, summary)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, print_json
-from tagtune.core.errors import InputError
 from tagtune.core.workspace import open_workspace
 
 
@@ -62,43 +61,6 @@ def register(app: typer.Typer) -> None:
         for note in summary.notes:
             console.print(Text(note, style="dim"))
         _print_summary(summary)
-
-    @app.command("export")
-    def export(
-        workspace: Path = typer.Argument(..., help="Workspace folder."),
-        run: str = typer.Option(None, "--run", help="Run name (default: the recipe's)."),
-        stage: str = typer.Option(
-            None, "--stage", help="Stage to export (default: the last completed)."
-        ),
-        out: Path = typer.Option(
-            None, "--out", help="Output file (default: out/<project.name>.safetensors)."
-        ),
-        dtype: str = typer.Option(
-            None, "--dtype", help="fp16, bf16 or fp32 (default: the recipe's)."
-        ),
-        force: bool = typer.Option(
-            False, "--force", help="Replace an existing output (never the base model)."
-        ),
-        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    ) -> None:
-        """Write a single-file SDXL checkpoint from a run's last completed stage."""
-        from tagtune.train.export import export_model
-
-        if dtype is not None and dtype not in ("fp16", "bf16", "fp32"):
-            raise InputError(
-                "not an allowed dtype", field="--dtype", value=dtype, allowed="fp16, bf16, fp32"
-            )
-        result = export_model(
-            open_workspace(workspace), run=run, stage=stage, out=out, dtype=dtype, force=force
-        )
-        if json_out:
-            print_json(result.to_json())
-            return
-        console.print(
-            Text.assemble("exported stage ", (result.stage, "bold"), f" to {result.path}")
-        )
-        for name, value in result.hashes.items():
-            console.print(f"  {name}: {value}")
 
 
 def _print_plan(result: dict) -> None:

@@ -19,7 +19,7 @@ from tagtune.core.workspace import Workspace
 from tagtune.generate.infotext import Infotext, write_png
 from tagtune.generate.pipeline import build_pipeline, prompt_embeddings, render
 from tagtune.recipe.model import Recipe, StageConfig, TrainConfig
-from tagtune.train.export import export_components
+from tagtune.train.export_file import export_components
 
 CFG_SCALE = 7.0
 SAMPLER = "euler"
