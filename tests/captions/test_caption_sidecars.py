@@ -8,7 +8,7 @@ from cli_main import run_cli
 from tagtune.captions.build import build_captions
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
-from tagtune.ingest.driver import sync_with_recipe
+from tagtune.ingest.verdicts import sync_with_recipe
 from tagtune.recipe.model import parse_recipe
 from tagtune.recipe.workspace import init_workspace, workspace_recipe
 

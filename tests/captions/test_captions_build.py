@@ -16,7 +16,7 @@ from tagtune.captions.tokens import TokenCounter
 from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
-from tagtune.ingest.driver import sync_with_recipe
+from tagtune.ingest.verdicts import sync_with_recipe
 from tagtune.recipe.model import parse_recipe
 from tagtune.recipe.workspace import init_workspace, workspace_recipe
 

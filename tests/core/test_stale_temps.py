@@ -142,7 +142,7 @@ def test_export_removes_its_stale_temps(tmp_path, capsys, dead_pid, tiny_sdxl):
 
 def test_caption_removes_stale_temps_of_captions_jsonl_and_its_sidecars(tmp_path, capsys, dead_pid):
     from tagtune.core.catalog import open_catalog
-    from tagtune.ingest.driver import sync_with_recipe
+    from tagtune.ingest.verdicts import sync_with_recipe
     from tagtune.recipe.workspace import init_workspace
 
     ws = init_workspace(tmp_path / "ws")

@@ -21,8 +21,8 @@ from tagtune.captions.sidecars import sidecar_path
 from tagtune.captions.tokens import TokenCounter
 from tagtune.core.catalog import open_catalog
 from tagtune.ingest import ingest
-from tagtune.ingest.driver import sync_with_recipe
 from tagtune.ingest.tag_normalize import filter_key, normalize_tags, split_tags
+from tagtune.ingest.verdicts import sync_with_recipe
 from tagtune.recipe.model import CaptionConfig, parse_recipe
 from tagtune.recipe.workspace import init_workspace, workspace_recipe
 

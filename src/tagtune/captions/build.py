@@ -28,8 +28,8 @@ from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.core.stale_temps import clean_stale_temps
 from tagtune.core.workspace import Workspace
-from tagtune.ingest.driver import sync_with_recipe
 from tagtune.ingest.safety import CAPTION_VERDICT
+from tagtune.ingest.verdicts import sync_with_recipe
 from tagtune.recipe.model import CaptionConfig, SafetyConfig
 from tagtune.recipe.workspace import workspace_recipe
 

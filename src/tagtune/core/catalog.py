@@ -164,3 +164,15 @@ def check_subset(con: duckdb.DuckDBPyConnection, subset: str, field: str = "subs
             f"invalid subset WHERE clause: {exc}".splitlines()[0], field=field, value=subset
         ) from None
     return where
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, or ROLLBACK on any error: a change is made whole or not at all."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

@@ -20,7 +20,7 @@ import torch
 
 from tagtune.core.catalog import open_catalog
 from tagtune.core.workspace import Workspace, open_workspace
-from tagtune.ingest.driver import sync_with_recipe
+from tagtune.ingest.verdicts import sync_with_recipe
 from tagtune.recipe.model import BucketConfig, Recipe
 from tagtune.recipe.workspace import init_workspace
 from tagtune.synthetic.collection import THEMES, theme_image

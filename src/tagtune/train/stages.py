@@ -20,7 +20,7 @@ from tagtune.core.catalog import check_subset, open_catalog
 from tagtune.core.errors import TrainingError
 from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
-from tagtune.ingest.driver import catalog_is_current
+from tagtune.ingest.verdicts import catalog_is_current
 from tagtune.models.hashes import file_hashes
 from tagtune.models.recipe_model import vae_source_of
 from tagtune.recipe.model import Recipe, StageConfig
