@@ -19,8 +19,7 @@ import torch
 
 from tagtune.core.errors import DependencyError, ModelFileError
 from tagtune.core.untrusted import BadJSON, parse_json
-from tagtune.models import keys
-from tagtune.models.clip_vocab import sdxl_tokenizers, vocab_available
+from tagtune.models import clip_vocab, keys
 from tagtune.models.components import SDXLComponents
 from tagtune.models.configs import (
     CONFIG_FILES,
@@ -245,8 +244,8 @@ def resolve_tokenizers(tokenizers: Any = None, folder: Path | None = None) -> tu
     if tokenizers is not None:
         raise DependencyError("has no tokenizer/ and tokenizer_2/ folders", file=tokenizers)
 
-    if vocab_available():
-        return sdxl_tokenizers()
+    if clip_vocab.vocab_available():
+        return clip_vocab.sdxl_tokenizers()
     raise DependencyError(
         "no tokenizers: the model has no tokenizer/ and tokenizer_2/ folders, no tokenizers "
         "folder was given, and the CLIP BPE vocabulary is not available offline",

@@ -19,13 +19,13 @@ from tagtune.models.hashes import file_hashes
 from tagtune.models.recipe_model import vae_source_of
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
+from tagtune.train import stages  # looked up at call time: tests replace stages.load_base
 from tagtune.train.export_file import (
     export_components,
     model_inputs,
     tag_frequency,
     training_summary,
 )
-from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
 
 DTYPES = ("fp16", "bf16", "fp32")
 
@@ -78,7 +78,7 @@ def export_model(
         raise TrainingError(
             "stage is not complete", field="stage", value=target, allowed=", ".join(names)
         )
-    states = {s["name"]: final_state_path(ws, s) for s in done[: names.index(target) + 1]}
+    states = {s["name"]: stages.final_state_path(ws, s) for s in done[: names.index(target) + 1]}
     out = Path(out) if out else ws.out_dir / f"{recipe.project.name}.safetensors"
     inputs = [
         *model_inputs(ws, recipe),
@@ -87,9 +87,9 @@ def export_model(
         *ws.inputs(),
     ]
     claim_output(out, force=force, inputs=inputs)
-    components = components if components is not None else load_base(ws, recipe)
+    components = components if components is not None else stages.load_base(ws, recipe)
     for path in states.values():
-        apply_stage_weights(components, path)
+        stages.apply_stage_weights(components, path)
     extra = {
         "tagtune.training": json.dumps(training_summary(record)),
         "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),
