@@ -11,16 +11,15 @@ from typer.testing import CliRunner
 
 from tagtune.cli.main import app
 from tagtune.core.errors import InputError
-from tagtune.generate.infotext import SAMPLER_LABELS, read_png_infotext
+from tagtune.generate.infotext import read_png_infotext
 from tagtune.generate.pipeline import (
-    SCHEDULERS,
     LoadedModel,
     generate,
-    make_scheduler,
     params_from_png,
     parse_size,
     prompt_embeddings,
 )
+from tagtune.generate.samplers import SAMPLER_LABELS, SCHEDULERS, make_scheduler
 from tagtune.models.tiny import SCHEDULER_CONFIG
 
 LONG = ", ".join(["1girl", "long hair", "(smile:1.2)", "blue sky", r"hat_\(object\)"] * 12)

@@ -21,21 +21,10 @@ from pathlib import Path
 
 from tagtune.core.atomic import atomic_path
 from tagtune.core.errors import InputError
+from tagtune.generate.samplers import SAMPLER_LABELS
 
 # our sampler name -> A1111's label (older single-label form for Karras variants,
 # which every reader still understands)
-SAMPLER_LABELS: dict[str, str] = {
-    "euler_a": "Euler a",
-    "euler": "Euler",
-    "heun": "Heun",
-    "lms": "LMS",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "dpmpp_2m_sde": "DPM++ 2M SDE",
-    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
-    "ddim": "DDIM",
-    "unipc": "UniPC",
-}
 _LABEL_TO_NAME = {label.lower(): name for name, label in SAMPLER_LABELS.items()}
 
 NEGATIVE = "Negative prompt:"

@@ -18,36 +18,12 @@ from typing import Any
 
 from tagtune.core.errors import DependencyError, InputError
 from tagtune.core.outputs import claim_output
-from tagtune.generate.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
+from tagtune.generate.infotext import Infotext, read_png_infotext, write_png
 from tagtune.generate.prompt_parser import parse_prompt
+from tagtune.generate.samplers import SAMPLER_LABELS, SCHEDULERS, make_scheduler
 from tagtune.models.hashes import file_hashes
 from tagtune.recipe.model import MAX_SIDE
 
-# our sampler name -> (diffusers scheduler class, config overrides)
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "dpmpp_2m": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2},
-    ),
-    "dpmpp_2m_karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    "dpmpp_2m_sde": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-    ),
-    "dpmpp_2m_sde_karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    "ddim": ("DDIMScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
 MAX_SEED = 2**32 - 1
 MAX_TOKEN_LENGTH = 225
 
@@ -80,19 +56,6 @@ def parse_size(text: str | tuple[int, int]) -> tuple[int, int]:
             allowed="e.g. 832x1216, 1024x1024",
         )
     return w, h
-
-
-def make_scheduler(name: str, config: dict[str, Any]):
-    """A diffusers scheduler for one of our sampler names, from the model's scheduler config."""
-    import diffusers
-
-    if name not in SCHEDULERS:
-        raise InputError(
-            "unknown sampler", field="--sampler", value=name, allowed=", ".join(SCHEDULERS)
-        )
-    cls_name, overrides = SCHEDULERS[name]
-    cls = getattr(diffusers, cls_name)
-    return cls.from_config({k: v for k, v in config.items() if not k.startswith("_")}, **overrides)
 
 
 def _autov2(path: Path) -> str:
