@@ -1,4 +1,4 @@
-"""Caption rules (DESIGN.md reference workflow): table-driven, on the pure reference functions."""
+"""Caption rules (the reference workflow, docs/design.md): table-driven, on the pure reference functions."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ TE1 = "conditioner.embedders.0.transformer.text_model."
 TE2 = "conditioner.embedders.1.model."
 VAE = "first_stage_model."
 
-# key -> the block weight it takes (supermerger's SDXL mapping, DESIGN.md)
+# key -> the block weight it takes (supermerger's SDXL mapping, docs/design.md)
 KEY_BLOCKS = {
     U + "time_embed.0.weight": "IN00",
     U + "label_emb.0.0.weight": "IN00",

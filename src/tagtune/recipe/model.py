@@ -1,6 +1,6 @@
 """The TOML recipe (`tagtune.toml`): one strict, typed model of everything a run does.
 
-The defaults reproduce the reference workflow in DESIGN.md: the Danbooru caption rules,
+The defaults reproduce the reference workflow in docs/design.md: the Danbooru caption rules,
 stage `main` (26 epochs, AdamW8bit, U-Net 1e-5, text encoders 2e-6, cosine with restarts,
 10% warm-up) and stage `favorites` (25 epochs, U-Net 1e-6, text encoders frozen but not
 cached, constant, noise offset 0.0357). Unknown keys and wrong values are errors that name
@@ -121,7 +121,7 @@ KAOMOJI = [
     "0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9",
     ">_o", "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||",
 ]  # fmt: skip
-"""Danbooru kaomoji tags (DESIGN.md) that keep their underscores in captions."""
+"""Danbooru kaomoji tags (docs/design.md) that keep their underscores in captions."""
 
 
 class CaptionConfig(Strict):
@@ -304,7 +304,7 @@ class StageConfig(Strict):
 
 
 def reference_stages() -> list[StageConfig]:
-    """The two stages of the reference workflow (DESIGN.md), exactly."""
+    """The two stages of the reference workflow (docs/design.md), exactly."""
     return [
         StageConfig(
             name="main",
