@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import TrainingError
+from tagtune.core.errors import TrainingError
 from tagtune.models.lora_format import lora_targets
-from tagtune.recipe_lora import LoraConfig, stage_lora
+from tagtune.recipe.lora import LoraConfig, stage_lora
 from tagtune.train.state import load_weights, trained_weights
 
 ADAPTER = "default"

@@ -23,16 +23,16 @@ from typing import Any
 
 import torch
 
-from tagtune.catalog import check_subset, open_catalog
-from tagtune.errors import TrainingError
+from tagtune.core.catalog import check_subset, open_catalog
+from tagtune.core.errors import TrainingError
+from tagtune.core.subsets import stage_field
+from tagtune.core.workspace import Workspace
 from tagtune.models.lora_format import LoraModule, kohya_name, write_lora
 from tagtune.models.modelspec import modelspec_metadata
-from tagtune.recipe import Recipe, StageConfig
-from tagtune.recipe_lora import LoraConfig, stage_lora
-from tagtune.subset_sql import stage_field
+from tagtune.recipe.lora import LoraConfig, stage_lora
+from tagtune.recipe.model import Recipe, StageConfig
 from tagtune.train.lora import ADAPTER, COMPONENTS, has_adapters
 from tagtune.train.state import trained_weights
-from tagtune.workspace import Workspace
 
 NETWORK_MODULE = "networks.lora"
 BASE_MODEL_VERSION = "sdxl_base_v1-0"
@@ -270,7 +270,7 @@ def export_lora(
         usage_hint=f"<lora:{out.stem}:1>",
         extra={
             **ss,
-            "tagtune.recipe": json.dumps(recipe.model_dump(mode="json")),
+            "tagtune.recipe.model": json.dumps(recipe.model_dump(mode="json")),
             "tagtune.lora_stage": stage.name,
             "tagtune.lora_starts_from": json.dumps(["base", *earlier]),
         },

@@ -16,7 +16,7 @@ factored LoRA matrix.
 
 from __future__ import annotations
 
-from tagtune.recipe_lora import LoraConfig
+from tagtune.recipe.lora import LoraConfig
 
 ADAM_BYTES = {"adamw": 8.0, "adamw8bit": 2.034}  # as tagtune.train.memory.OPTIMIZER_BYTES
 

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tagtune.recipe import StageConfig, TrainConfig
-from tagtune.recipe_lora import stage_lora
+from tagtune.recipe.lora import stage_lora
+from tagtune.recipe.model import StageConfig, TrainConfig
 from tagtune.train.lora_memory import largest_lora_tensor, lora_optimizer_bytes, lora_params
 
 GIB = 1024**3
