@@ -1,5 +1,6 @@
 """The loop's engines: cleanup when a stage raises, the disabled scaler, the per-step callback,
-and DistributedDataParallel with accumulation and an empty share against one process."""
+DistributedDataParallel with accumulation and an empty share against one process, and a
+resumed stage's log that replaces what the killed run logged after its state."""
 
 from __future__ import annotations
 
@@ -149,3 +150,21 @@ def test_ddp_with_accumulation_and_an_empty_share_matches_one_process(tmp_path, 
     r0, r1 = (load_file(dump / f"unet-rank{r}.safetensors") for r in (0, 1))
     assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks diverged"
     assert_like_one_process(r0, single.unet, tiny_sdxl.unet, "unet")
+
+
+def test_a_resumed_log_replaces_what_a_killed_run_logged_after_its_state(tmp_path):
+    from tagtune.report.runs import read_scalars
+    from tagtune.train.monitor import Monitor
+
+    killed = Monitor(tmp_path, progress=False)  # state at step 2, killed after step 3
+    killed.start("main", 4, 0)
+    for step in (1, 2, 3):
+        killed.step(step, 1, float(step), {"unet": 1e-3}, 2)
+    killed.close()
+    resumed = Monitor(tmp_path, progress=False)
+    resumed.start("main", 4, 2)
+    for step in (3, 4):
+        resumed.step(step, 1, 10.0 * step, {"unet": 1e-3}, 2)
+    resumed.close()
+    loss = [(s, v) for s, v, _ in read_scalars(tmp_path)["loss"]]
+    assert loss == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
