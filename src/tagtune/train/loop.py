@@ -141,11 +141,7 @@ def run_steps(job: StageJob, engine: Engine, monitor: Monitor) -> StageResult:
                 )
                 micro_loss = engine.forward(compute, last)
                 value = rt.sum_loss(float(micro_loss.detach()))
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"loss is {value} at step {step + 1} of stage {stage.name!r}; the last "
-                        f"good state is kept", field="loss", value=value,
-                    )  # fmt: skip
+                check_finite(value, step + 1, stage)
                 engine.backward(micro_loss, last)
                 loss += value
             # Clip, step, clear (nothing left to do where backward stepped)
@@ -175,6 +171,15 @@ def run_steps(job: StageJob, engine: Engine, monitor: Monitor) -> StageResult:
         if job.on_epoch_end is not None and rt.is_main:
             job.on_epoch_end(epoch + 1, step)
     return StageResult(step, final_loss, job.stage_dir / "states" / f"step-{step}")
+
+
+def check_finite(loss: float, step: int, stage: StageConfig) -> None:
+    """A NaN or inf loss stops the stage (a TrainingError) before it reaches the weights."""
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"loss is {loss} at step {step} of stage {stage.name!r}; the last good state is kept",
+            field="loss", value=loss,
+        )  # fmt: skip
 
 
 def validate(job: StageJob, encoder: Encoder, monitor: Monitor, step: int, per_epoch: int) -> int:
