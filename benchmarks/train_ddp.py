@@ -3,9 +3,10 @@
 Both trees train the same workspace (the tiny model, batch 2 per process, one epoch of
 `--images` synthetic posts, U-Net and first text encoder trained) under
 `torch.distributed.run`, alternating before/after `--reps` times. Each run's figure is the
-median wall time between optimizer steps, leaving out the first `--warmup` steps; the
-script prints the median over runs of each tree, their ratio and the load average (the
-machine may be shared).
+median wall time between optimizer steps, leaving out the first `--warmup` steps, and the
+median CPU time per step of both processes (all threads: less sensitive to other jobs on a
+shared machine than wall time); the script prints the median over runs of each tree, their
+ratios and the load average.
 
     .venv/bin/python benchmarks/train_ddp.py                   # before: the merge base with main
     .venv/bin/python benchmarks/train_ddp.py --before v0.3 --reps 5 --images 48
@@ -46,18 +47,17 @@ def worker(ws_root: str, out: str) -> None:
     if not Path(tagtune.__file__).is_relative_to(os.environ["PYTHONPATH"]):
         raise SystemExit(f"tagtune comes from {tagtune.__file__}, not {os.environ['PYTHONPATH']}")
     torch.set_num_threads(1)
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
     step = monitor.Monitor.step
 
     def timed_step(self, *args, **kwargs):
-        ends.append(time.perf_counter())
+        ends.append((time.perf_counter(), time.process_time()))
         return step(self, *args, **kwargs)
 
     monitor.Monitor.step = timed_step
     ws = open_workspace(ws_root)
     run_training(ws, components=build_tiny_sdxl(0), latents=latents_for(ws), progress=False)
-    if os.environ.get("RANK", "0") == "0":
-        Path(out).write_text(json.dumps(ends))
+    Path(f"{out}.{os.environ.get('RANK', '0')}").write_text(json.dumps(ends))
 
 
 def source_tree(ref: str, into: Path) -> Path:
@@ -83,8 +83,9 @@ def merge_base() -> str:
     return out.stdout.strip()
 
 
-def run_once(src: Path, ws_root: Path, out: Path, warmup: int) -> float:
-    """Median seconds per optimizer step of one 2-process run of the tree at `src`."""
+def run_once(src: Path, ws_root: Path, out: Path, warmup: int) -> tuple[float, float]:
+    """Median wall seconds per optimizer step of one 2-process run of the tree at `src`, and
+    median CPU seconds per step of both processes together (all their threads)."""
     from tagtune.train.synthetic import free_port
 
     shutil.rmtree(ws_root / "runs", ignore_errors=True)
@@ -101,9 +102,13 @@ def run_once(src: Path, ws_root: Path, out: Path, warmup: int) -> float:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise SystemExit(f"run of {src} failed:\n{proc.stderr[-4000:]}")
-    ends = json.loads(out.read_text())
-    gaps = [b - a for a, b in zip(ends, ends[1:], strict=False)][warmup:]
-    return statistics.median(gaps)
+    ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
+    wall = [b[0] - a[0] for a, b in zip(ranks[0], ranks[0][1:], strict=False)][warmup:]
+    cpu = [
+        sum(b[1] - a[1] for a, b in ((ends[i], ends[i + 1]) for ends in ranks))
+        for i in range(warmup, len(ranks[0]) - 1)
+    ]
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -129,17 +134,24 @@ def main() -> None:
         recipe.train.save_every_n_epochs = 1
         ws, _ = make_training_workspace(tmp_path / "ws", recipe, n=args.images)
         times: dict[str, list[float]] = {name: [] for name in trees}
+        cpus: dict[str, list[float]] = {name: [] for name in trees}
         load = os.getloadavg()
         for rep in range(args.reps):  # before, after; after, before; ...
             for name in ("before", "after") if rep % 2 == 0 else ("after", "before"):
-                t = run_once(trees[name], ws.root, tmp_path / "steps.json", args.warmup)
+                t, c = run_once(trees[name], ws.root, tmp_path / "steps.json", args.warmup)
                 times[name].append(t)
-                print(f"rep {rep + 1} {name:6s} {t * 1000:8.1f} ms/step", flush=True)
+                cpus[name].append(c)
+                print(
+                    f"rep {rep + 1} {name:6s} {t * 1000:8.1f} ms/step, {c * 1000:8.1f} CPU ms/step",
+                    flush=True,
+                )
         load = tuple((a + b) / 2 for a, b in zip(load, os.getloadavg(), strict=True))
     before, after = (statistics.median(times[n]) for n in ("before", "after"))
-    print(f"before ({ref[:10]}): {before:.4f} s/step (median of {args.reps} runs)")
-    print(f"after  (this tree): {after:.4f} s/step (median of {args.reps} runs)")
-    print(f"after / before: {after / before:.3f}")
+    cpu_before, cpu_after = (statistics.median(cpus[n]) for n in ("before", "after"))
+    print(f"before ({ref[:10]}): {before:.4f} s/step, {cpu_before:.4f} CPU s/step")
+    print(f"after  (this tree): {after:.4f} s/step, {cpu_after:.4f} CPU s/step")
+    print(f"after / before: {after / before:.3f} wall, {cpu_after / cpu_before:.3f} CPU")
+    print(f"(medians of {args.reps} runs; CPU: both processes, all threads)")
     print("load average (1/5/15 min, mean of start and end): " + " ".join(f"{x:.2f}" for x in load))
 
 
