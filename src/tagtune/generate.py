@@ -46,6 +46,8 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
+NO_ZERO_TERMINAL_SNR = ("heun", "lms")
+"""Samplers whose diffusers scheduler has no `rescale_betas_zero_snr`: refused for such models."""
 MAX_SEED = 2**32 - 1
 MAX_TOKEN_LENGTH = 225
 
@@ -81,12 +83,24 @@ def parse_size(text: str | tuple[int, int]) -> tuple[int, int]:
 
 
 def make_scheduler(name: str, config: dict[str, Any]):
-    """A diffusers scheduler for one of our sampler names, from the model's scheduler config."""
+    """A diffusers scheduler for one of our sampler names, from the model's scheduler config.
+
+    The config carries what the model predicts (`prediction_type`) and, for a
+    zero-terminal-SNR model, `rescale_betas_zero_snr` and trailing timestep spacing
+    (`models.prediction`); a sampler that cannot honour them is refused, never run wrong.
+    """
     import diffusers
 
     if name not in SCHEDULERS:
         raise InputError(
             "unknown sampler", field="--sampler", value=name, allowed=", ".join(SCHEDULERS)
+        )
+    if config.get("rescale_betas_zero_snr") and name in NO_ZERO_TERMINAL_SNR:
+        raise InputError(
+            "this sampler cannot sample a zero-terminal-SNR model",
+            field="--sampler",
+            value=name,
+            allowed=", ".join(s for s in SCHEDULERS if s not in NO_ZERO_TERMINAL_SNR),
         )
     cls_name, overrides = SCHEDULERS[name]
     cls = getattr(diffusers, cls_name)
@@ -182,10 +196,12 @@ def render(
     cfg: float,
     width: int,
     height: int,
+    cfg_rescale: float = 0.0,
 ) -> Any:
     """One image from `prompt_embeddings(...)`, its noise drawn from a CPU generator seeded
     with `seed` (so an image is re-made alone, on any device). Used by `generate` and by
-    the samples taken during training, so both condition prompts identically."""
+    the samples taken during training, so both condition prompts identically.
+    `cfg_rescale` is the guidance rescale phi (Lin et al. 2023; 0 = off, ~0.7 for v models)."""
     import torch
 
     cond, pooled, uncond, uncond_pooled = (t.to(pipe.device, pipe.unet.dtype) for t in embeddings)
@@ -198,10 +214,19 @@ def render(
             negative_pooled_prompt_embeds=uncond_pooled,
             num_inference_steps=steps,
             guidance_scale=cfg,
+            guidance_rescale=cfg_rescale,
             width=width,
             height=height,
             generator=generator,
         ).images[0]
+
+
+def prediction_fields(components: Any) -> dict[str, Any]:
+    """The Infotext fields naming what the model predicts (its scheduler config)."""
+    from tagtune.models.prediction import components_prediction
+
+    p = components_prediction(components)
+    return {"prediction_type": p.prediction_type, "zero_terminal_snr": p.zero_terminal_snr}
 
 
 def _next_index(out_dir: Path) -> int:
@@ -224,11 +249,14 @@ def generate(
     tokenizers: str | Path | None = None,
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cfg_rescale: float = 0.0,
 ) -> list[Path]:
     """Generate `n` images (seeds seed, seed+1, ...) and save PNGs carrying A1111 infotext.
 
     `model` is a checkpoint path (single file or diffusers folder), an SDXLComponents
-    (tests pass the tiny model) or a LoadedModel. Returns the written paths.
+    (tests pass the tiny model) or a LoadedModel. The scheduler follows the model's
+    prediction type and zero terminal SNR (`make_scheduler`); the infotext names them and
+    `cfg_rescale` (guidance rescale, 0 to 1). Returns the written paths.
     """
     width, height = parse_size(size)
     if sampler not in SCHEDULERS:
@@ -240,6 +268,8 @@ def generate(
     ):  # fmt: skip
         if not (math.isfinite(value) and value >= low):
             raise InputError(f"must be at least {low}", field=field, value=value)
+    if not (math.isfinite(cfg_rescale) and 0 <= cfg_rescale <= 1):
+        raise InputError("must be from 0 to 1", field="cfg_rescale", value=cfg_rescale)
     seed = secrets.randbelow(MAX_SEED) if seed is None or seed < 0 else seed
     from tagtune.conditioning import check_clip_skip
 
@@ -257,7 +287,7 @@ def generate(
         claim_output(
             target, inputs=[("the model", model if isinstance(model, str | Path) else None)]
         )
-        image = render(pipe, embeddings, image_seed, steps, cfg, width, height)
+        image = render(pipe, embeddings, image_seed, steps, cfg, width, height, cfg_rescale)
         info = Infotext(
             prompt=prompt,
             negative=negative,
@@ -270,6 +300,8 @@ def generate(
             model_hash=loaded.autov2,
             model=loaded.name,
             clip_skip=clip_skip,
+            cfg_rescale=cfg_rescale,
+            **prediction_fields(loaded.components),
         )
         paths.append(write_png(image, target, info))
         if progress:
@@ -297,4 +329,5 @@ def params_from_png(path: str | Path) -> dict[str, Any]:
         "seed": info.seed,
         "size": (info.width, info.height),
         "clip_skip": info.clip_skip,
+        "cfg_rescale": info.cfg_rescale,
     }

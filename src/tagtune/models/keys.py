@@ -88,6 +88,10 @@ TE2_QKV = ("q_proj", "k_proj", "v_proj")
 
 # Present in some files, used by no loader: dropped on export, ignored on load.
 IGNORED_SUFFIXES = ("position_ids", "logit_scale")
+# Flags, not weights (empty tensors at the top level): `v_pred` makes ComfyUI load a
+# v-prediction model, `ztsnr` beside it zero-terminal-SNR sampling (see `prediction.py`).
+# Written on export when the model is one, read on load, never part of a component.
+MARKER_KEYS = ("v_pred", "ztsnr")
 
 
 def _rename(suffix: str, renames: Mapping[str, str]) -> str:

@@ -84,8 +84,10 @@ def export_components(
     extra: dict[str, str] | None = None,
 ) -> Path:
     """Write the components as one SDXL single file with ModelSpec + tagtune metadata
-    (`tagtune.baked_vae*` name the recipe's VAE when one was baked in)."""
+    (`tagtune.baked_vae*` name the recipe's VAE when one was baked in); a v-prediction
+    model carries the `v_pred` / `ztsnr` markers (`save_single_file`)."""
     from tagtune.models.modelspec import modelspec_metadata
+    from tagtune.models.prediction import components_prediction
     from tagtune.models.recipe_model import vae_source_of
     from tagtune.models.save import save_single_file
 
@@ -95,7 +97,7 @@ def export_components(
         description=recipe.project.description,
         license=recipe.project.license,
         resolution="{}x{}".format(*recipe.export.resolution),
-        prediction_type=recipe.model.prediction_type,
+        prediction_type=components_prediction(components).modelspec_value,
         extra={
             "tagtune.recipe": json.dumps(recipe.model_dump(mode="json")),
             **vae_source_of(components).metadata(),
@@ -123,7 +125,8 @@ def export_model(
     latents were made with; run.json's export record names it.
     """
     from tagtune.hashes import file_hashes
-    from tagtune.models.recipe_model import vae_source_of
+    from tagtune.models.prediction import components_prediction
+    from tagtune.models.recipe_model import resolve_prediction, vae_source_of
     from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
 
     recipe = ws.recipe()
@@ -150,6 +153,7 @@ def export_model(
     ]
     claim_output(out, force=force, inputs=inputs)
     components = components if components is not None else load_base(ws, recipe)
+    resolve_prediction(components, recipe, str(ws.recipe_path))  # as load_base does
     for path in states.values():
         apply_stage_weights(components, path)
     extra = {
@@ -163,6 +167,9 @@ def export_model(
     except ValueError:
         shown = str(path)
     vae = vae_source_of(components).to_json()
-    record["export"] = {"path": shown, "hashes": hashes, "vae": vae}
+    record["export"] = {
+        "path": shown, "hashes": hashes, "vae": vae,
+        "prediction": components_prediction(components).to_json(),
+    }  # fmt: skip
     rec.write_run(run_dir, record)
     return ExportResult(path, target, hashes)

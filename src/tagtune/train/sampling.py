@@ -1,7 +1,8 @@
 """Sample images during training: seeded, PNG with A1111 infotext, and a grid per epoch.
 
 Built from the in-memory components (no copy of the weights) by `tagtune.generate` (Euler
-scheduler), so samples condition prompts exactly as `tagtune generate` does.
+scheduler), so samples condition prompts exactly as `tagtune generate` does, and sample as
+the model predicts (the components' scheduler config: v-prediction, zero terminal SNR).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _sample_one(
     components: Any, cfg: TrainConfig, pipe: Any, prompt: str, seed: int, label: str
 ) -> tuple[Any, Any]:
     """(infotext, image) of one sample."""
-    from tagtune.generate import prompt_embeddings, render
+    from tagtune.generate import prediction_fields, prompt_embeddings, render
     from tagtune.infotext import Infotext
 
     width, height = cfg.sample_size
@@ -68,6 +69,7 @@ def _sample_one(
         width=width,
         height=height,
         model=label,
+        **prediction_fields(components),
     )
     return info, image
 

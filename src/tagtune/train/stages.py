@@ -18,7 +18,8 @@ import torch
 
 from tagtune.catalog import check_subset, open_catalog
 from tagtune.errors import TrainingError
-from tagtune.models.recipe_model import vae_source_of
+from tagtune.models.prediction import components_prediction
+from tagtune.models.recipe_model import resolve_prediction, vae_source_of
 from tagtune.recipe import Recipe, StageConfig
 from tagtune.subset_sql import stage_field
 from tagtune.train import records as rec
@@ -210,6 +211,8 @@ def run_training(
             final_state_path(ws, entry)
     runtime = make_runtime(cfg.mixed_precision)
     components = components if components is not None else load_base(ws, recipe)
+    resolve_prediction(components, recipe, str(ws.recipe_path))  # as load_base does
+    prediction = components_prediction(components)
     vae = vae_source_of(components)  # fingerprinted before anything moves or is cast
     place_modules(components, runtime.device, cfg.weight_dtype)
     run_dir = ws.runs_dir / cfg.run
@@ -217,6 +220,7 @@ def run_training(
         cfg.run, recipe, base_model_info(ws, recipe, components), vae.to_json()
     )
     record["vae"] = vae.to_json()  # the recipe's VAE now, also in a record from before
+    record["prediction"] = prediction.to_json()  # what the model predicts, as trained
     order = [s.name for s in cfg.stages]
     summary = TrainSummary(run_dir)
     held_out: list[HeldOutImage] | None = None  # chosen once, when the first stage runs
@@ -304,11 +308,11 @@ def run_training(
             components=components, stage=st, stage_index=index, train=cfg, examples=examples,
             latents=latents, stage_dir=stage_dir, runtime=runtime, resume_from=resume_from,
             monitor=Monitor(stage_dir / "logs", enabled=runtime.is_main, progress=progress),
-            encode_fn=encode_fn, prediction_type=recipe.model.prediction_type,
+            encode_fn=encode_fn, prediction_type=prediction.prediction_type,
             on_epoch_end=epoch_hook(ws, recipe, components, st, stage_dir),
             on_state_saved=state_saved,
             validation=Validator(
-                held_out, recipe.validation, latents, runtime, recipe.model.prediction_type
+                held_out, recipe.validation, latents, runtime, prediction.prediction_type
             ) if held_out else None,
             on_validation=lambda ev, entry=entry: record_evaluation(run_dir, record, entry, ev),
         )  # fmt: skip
