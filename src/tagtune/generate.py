@@ -320,6 +320,7 @@ def params_from_png(path: str | Path) -> dict[str, Any]:
             value=SAMPLER_LABELS.get(info.sampler, info.sampler),
             allowed=", ".join(SAMPLER_LABELS[s] for s in SCHEDULERS),
         )
+    rescale = {"cfg_rescale": info.cfg_rescale} if info.cfg_rescale else {}
     return {
         "prompt": info.prompt,
         "negative": info.negative,
@@ -329,5 +330,5 @@ def params_from_png(path: str | Path) -> dict[str, Any]:
         "seed": info.seed,
         "size": (info.width, info.height),
         "clip_skip": info.clip_skip,
-        "cfg_rescale": info.cfg_rescale,
+        **rescale,
     }

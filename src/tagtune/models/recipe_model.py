@@ -106,11 +106,12 @@ def load_recipe_model(
 def resolve_prediction(components: SDXLComponents, recipe: Recipe, recipe_file: str = "") -> None:
     """Put the recipe's `model.prediction_type` / `model.zero_terminal_snr` ("auto": what the
     base states) into the components' scheduler config, which training, samples and the
-    export read. A value that contradicts the base is a RecipeError naming both."""
-    from tagtune.models.prediction import Claim, apply, resolve
+    export read. A value that contradicts the base is a RecipeError naming both; idempotent."""
+    from tagtune.models.prediction import apply, read_folder_claim, resolve
 
     model = recipe.model
-    claim = components.claim if components.claim is not None else Claim()
+    # a model built in memory states what its scheduler config says
+    claim = components.claim or read_folder_claim(components.scheduler_config)
     prediction = resolve(
         model.prediction_type, model.zero_terminal_snr, claim, model.base, recipe_file
     )

@@ -167,9 +167,9 @@ def export_model(
     except ValueError:
         shown = str(path)
     vae = vae_source_of(components).to_json()
-    record["export"] = {
-        "path": shown, "hashes": hashes, "vae": vae,
-        "prediction": components_prediction(components).to_json(),
-    }  # fmt: skip
+    record["export"] = {"path": shown, "hashes": hashes, "vae": vae}
+    prediction = components_prediction(components)
+    if prediction.is_v:  # an epsilon record stays as it was
+        record["export"]["prediction"] = prediction.to_json()
     rec.write_run(run_dir, record)
     return ExportResult(path, target, hashes)

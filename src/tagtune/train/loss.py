@@ -83,14 +83,15 @@ def diffusion_loss(
     return loss
 
 
-def training_scheduler(scheduler_config: dict[str, Any], prediction_type: str = "epsilon"):
+def training_scheduler(scheduler_config: dict[str, Any], prediction_type: str | None = None):
     """The DDPM noise schedule for training, from the model's scheduler config.
 
     A config with `rescale_betas_zero_snr` (zero terminal SNR, see `models.prediction`)
     gets diffusers' own rescale: the last timestep's alpha_bar is exactly 0, pure noise.
+    `prediction_type` overrides the config's (default: the config's, else epsilon).
     """
     from diffusers import DDPMScheduler
 
     config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    config["prediction_type"] = prediction_type
+    config["prediction_type"] = prediction_type or config.get("prediction_type") or "epsilon"
     return DDPMScheduler.from_config(config)

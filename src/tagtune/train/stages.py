@@ -220,7 +220,8 @@ def run_training(
         cfg.run, recipe, base_model_info(ws, recipe, components), vae.to_json()
     )
     record["vae"] = vae.to_json()  # the recipe's VAE now, also in a record from before
-    record["prediction"] = prediction.to_json()  # what the model predicts, as trained
+    if prediction.is_v:  # what the model predicts (an epsilon record stays as it was)
+        record["prediction"] = prediction.to_json()
     order = [s.name for s in cfg.stages]
     summary = TrainSummary(run_dir)
     held_out: list[HeldOutImage] | None = None  # chosen once, when the first stage runs
