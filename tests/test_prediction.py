@@ -192,6 +192,32 @@ def test_export_carries_the_markers_and_modelspec(v_files):
     assert len(headers["eps"].tensors) == 2513 and len(headers["v_ztsnr"].tensors) == 2515
 
 
+def test_the_markers_override_a_stored_epsilon_config(v_files, tmp_path, tiny_sdxl):
+    """A file whose stored scheduler config says epsilon (as the packaged SDXL config a
+    file from another tool is loaded with does): its markers or ModelSpec key decide."""
+    from tagtune.models.configs import METADATA_KEY
+    from tagtune.models.safetensors_io import load_tensors, write_safetensors
+    from tagtune.models.tiny import SCHEDULER_CONFIG
+
+    tok = (tiny_sdxl.tokenizer, tiny_sdxl.tokenizer_2)
+    tensors, meta = load_tensors(v_files["v_ztsnr"])
+    configs = json.loads(meta[METADATA_KEY])
+    configs["scheduler"] = SCHEDULER_CONFIG
+    stored = {METADATA_KEY: json.dumps(configs)}
+    foreign = tmp_path / "foreign.safetensors"
+    write_safetensors(foreign, tensors, stored)
+    loaded = load_model(foreign, tokenizers=tok)
+    assert components_prediction(loaded) == V_ZTSNR
+    assert loaded.scheduler_config["timestep_spacing"] == "trailing"
+    del tensors["v_pred"], tensors["ztsnr"]
+    spec_only = tmp_path / "spec.safetensors"
+    write_safetensors(spec_only, tensors, {**stored, "modelspec.prediction_type": "v"})
+    assert components_prediction(load_model(spec_only, tokenizers=tok)) == Prediction(
+        "v_prediction"
+    )
+
+
+@pytest.mark.slow
 def test_single_file_to_diffusers_to_single_file_keeps_it(v_files, tmp_path, tiny_sdxl):
     from tagtune.models.convert import convert_model
 
@@ -213,6 +239,7 @@ def test_single_file_to_diffusers_to_single_file_keeps_it(v_files, tmp_path, tin
     assert eps["prediction_type"] == "epsilon" and "rescale_betas_zero_snr" not in eps
 
 
+@pytest.mark.slow
 def test_diffusers_single_file_loader_gets_v_from_our_config_folder(v_files, tmp_path, tiny_sdxl):
     """diffusers' from_single_file reads no marker: the scheduler comes from `config=` (our
     convert output carries it) or the deprecated `prediction_type=` argument."""
