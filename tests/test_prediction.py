@@ -449,3 +449,18 @@ def test_a_v_ztsnr_base_goes_through_train_export_generate_and_convert(
     assert res.exit_code == 0, res.output
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert (sched["prediction_type"], sched["rescale_betas_zero_snr"]) == ("v_prediction", True)
+
+
+def test_a_run_is_not_continued_as_another_prediction_type(tmp_path):
+    from tagtune.errors import TrainingError
+    from tagtune.train.stages import check_same_prediction
+
+    epsilon_run = {"stages": [{"name": "main"}]}  # recorded before, or as epsilon
+    check_same_prediction(epsilon_run, Prediction(), tmp_path)
+    with pytest.raises(TrainingError, match="trained as epsilon, .* give v_prediction, zero"):
+        check_same_prediction(epsilon_run, V_ZTSNR, tmp_path)
+    v_run = {**epsilon_run, "prediction": V_ZTSNR.to_json()}
+    check_same_prediction(v_run, V_ZTSNR, tmp_path)
+    with pytest.raises(TrainingError, match="trained as v_prediction, zero terminal SNR"):
+        check_same_prediction(v_run, Prediction("v_prediction"), tmp_path)
+    check_same_prediction({"stages": []}, V_ZTSNR, tmp_path)  # nothing trained yet

@@ -111,7 +111,7 @@ def resolve_prediction(components: SDXLComponents, recipe: Recipe, recipe_file: 
 
     model = recipe.model
     # a model built in memory states what its scheduler config says
-    claim = components.claim or read_folder_claim(components.scheduler_config)
+    claim = getattr(components, "claim", None) or read_folder_claim(components.scheduler_config)
     prediction = resolve(
         model.prediction_type, model.zero_terminal_snr, claim, model.base, recipe_file
     )

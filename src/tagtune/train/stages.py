@@ -116,6 +116,24 @@ def base_model_info(ws: Workspace, recipe: Recipe, components: Any) -> dict[str,
     }
 
 
+def check_same_prediction(record: dict[str, Any], prediction: Any, run_dir: Path) -> None:
+    """A run whose stages were trained as one prediction type (a record without the key:
+    epsilon) is not continued as another: the weights would mix two targets."""
+    if not record.get("stages"):
+        return
+    before = record.get("prediction") or {"prediction_type": "epsilon", "zero_terminal_snr": False}
+    if before != prediction.to_json():
+        then = before["prediction_type"] + (
+            ", zero terminal SNR" if before["zero_terminal_snr"] else ""
+        )
+        raise TrainingError(
+            f"the run was trained as {then}, the recipe and base now give {prediction.label()}",
+            file=run_dir / rec.RUN_FILE, field="model.prediction_type",
+            hint="restore model.prediction_type / model.zero_terminal_snr, or start a new run "
+            "(train.run)",
+        )  # fmt: skip
+
+
 def load_base(ws: Workspace, recipe: Recipe) -> Any:
     """The recipe's model: base, `model.vae` baked in, tokenizers (see `load_recipe_model`)."""
     from tagtune.models.recipe_model import load_recipe_model
@@ -220,6 +238,7 @@ def run_training(
         cfg.run, recipe, base_model_info(ws, recipe, components), vae.to_json()
     )
     record["vae"] = vae.to_json()  # the recipe's VAE now, also in a record from before
+    check_same_prediction(record, prediction, run_dir)
     if prediction.is_v:  # what the model predicts (an epsilon record stays as it was)
         record["prediction"] = prediction.to_json()
     order = [s.name for s in cfg.stages]
