@@ -14,16 +14,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tagtune.errors import RecipeError
+from tagtune.recipe_auto import AutoBool
 from tagtune.recipe_errors import recipe_error
 from tagtune.recipe_validation import ValidationConfig
 from tagtune.untrusted import read_regular
@@ -81,18 +75,9 @@ class ModelConfig(Strict):
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
     """What the U-Net predicts; "auto" reads it from the base (its `v_pred` marker or
     `modelspec.prediction_type`, a diffusers folder's scheduler config), else epsilon."""
-    zero_terminal_snr: Literal["auto", True, False] = "auto"
+    zero_terminal_snr: AutoBool = "auto"
     """Zero-terminal-SNR noise schedule (v-prediction only); "auto" reads it from the base
     (its `ztsnr` marker, a diffusers folder's `rescale_betas_zero_snr`), else false."""
-
-    @field_validator("zero_terminal_snr", mode="before")
-    @classmethod
-    def _auto_or_bool(cls, value: Any) -> Any:
-        if value == "auto" or type(value) is bool:
-            return value
-        raise ValueError(
-            f'model.zero_terminal_snr = {value!r}: not an allowed value (allowed: "auto", true, false)'
-        )
 
 
 class SafetyConfig(Strict):
