@@ -18,6 +18,7 @@ from typing import Any
 
 from tagtune.errors import DependencyError, InputError
 from tagtune.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
+from tagtune.models.prediction import components_prediction
 from tagtune.outputs import claim_output
 from tagtune.recipe import MAX_SIDE
 
@@ -223,8 +224,6 @@ def render(
 
 def prediction_fields(components: Any) -> dict[str, Any]:
     """The Infotext fields naming what the model predicts (its scheduler config)."""
-    from tagtune.models.prediction import components_prediction
-
     p = components_prediction(components)
     return {"prediction_type": p.prediction_type, "zero_terminal_snr": p.zero_terminal_snr}
 

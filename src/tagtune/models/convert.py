@@ -10,6 +10,7 @@ import torch
 
 from tagtune.errors import InputError
 from tagtune.models.modelspec import modelspec_metadata
+from tagtune.models.prediction import PREDICTION_TYPES, Prediction, apply
 from tagtune.outputs import Inputs, check_output, claim_output
 
 Format = Literal["single-file", "diffusers"]
@@ -125,7 +126,6 @@ def write_tiny_model(
     Same seed, same bytes: the header carries no date. `prediction_type` (default epsilon)
     and `zero_terminal_snr` mark it as such a model (markers, ModelSpec, scheduler config).
     """
-    from tagtune.models.prediction import PREDICTION_TYPES, Prediction, apply
     from tagtune.models.tiny import build_tiny_sdxl
 
     kind = prediction_type or "epsilon"

@@ -21,15 +21,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from tagtune.errors import RecipeError
-from tagtune.models.keys import MARKER_KEYS
 
 EPSILON = "epsilon"
 V_PREDICTION = "v_prediction"
 PREDICTION_TYPES = (EPSILON, V_PREDICTION)
-V_PRED_KEY, ZTSNR_KEY = MARKER_KEYS
+V_PRED_KEY = "v_pred"
+ZTSNR_KEY = "ztsnr"
+MARKER_KEYS = (V_PRED_KEY, ZTSNR_KEY)
+"""Flags, not weights: top-level empty tensors, never part of a component."""
 MODELSPEC_KEY = "modelspec.prediction_type"
 MODELSPEC_VALUES = {EPSILON: "epsilon", V_PREDICTION: "v"}
 """Our prediction type -> the value ModelSpec writes (sd-scripts: `epsilon` or `v`)."""
@@ -205,9 +205,11 @@ def components_prediction(components: Any) -> Prediction:
     return prediction_of(getattr(components, "scheduler_config", None) or {})
 
 
-def markers(prediction: Prediction) -> dict[str, torch.Tensor]:
+def markers(prediction: Prediction) -> dict[str, Any]:
     """The marker tensors a single file carries: `v_pred` (and `ztsnr`) for v-prediction,
     none for epsilon. Empty tensors, as ComfyUI writes them."""
+    import torch
+
     if not prediction.is_v:
         return {}
     out = {V_PRED_KEY: torch.tensor([])}

@@ -18,6 +18,7 @@ import torch
 
 from tagtune.errors import WorkspaceError
 from tagtune.models.components import SDXLComponents
+from tagtune.models.prediction import apply, read_folder_claim, resolve
 from tagtune.recipe import Recipe
 from tagtune.workspace import Workspace
 
@@ -107,8 +108,6 @@ def resolve_prediction(components: SDXLComponents, recipe: Recipe, recipe_file: 
     """Put the recipe's `model.prediction_type` / `model.zero_terminal_snr` ("auto": what the
     base states) into the components' scheduler config, which training, samples and the
     export read. A value that contradicts the base is a RecipeError naming both; idempotent."""
-    from tagtune.models.prediction import apply, read_folder_claim, resolve
-
     model = recipe.model
     # a model built in memory states what its scheduler config says
     claim = getattr(components, "claim", None) or read_folder_claim(components.scheduler_config)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tagtune.errors import TrainingError
+from tagtune.models.prediction import components_prediction
 from tagtune.outputs import claim_output
 from tagtune.recipe import Recipe
 from tagtune.train import records as rec
@@ -87,7 +88,6 @@ def export_components(
     (`tagtune.baked_vae*` name the recipe's VAE when one was baked in); a v-prediction
     model carries the `v_pred` / `ztsnr` markers (`save_single_file`)."""
     from tagtune.models.modelspec import modelspec_metadata
-    from tagtune.models.prediction import components_prediction
     from tagtune.models.recipe_model import vae_source_of
     from tagtune.models.save import save_single_file
 
@@ -125,7 +125,6 @@ def export_model(
     latents were made with; run.json's export record names it.
     """
     from tagtune.hashes import file_hashes
-    from tagtune.models.prediction import components_prediction
     from tagtune.models.recipe_model import resolve_prediction, vae_source_of
     from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
 
