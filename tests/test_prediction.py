@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 
 import pytest
@@ -244,14 +245,29 @@ def test_diffusers_single_file_loader_gets_v_from_our_config_folder(v_files, tmp
     """diffusers' from_single_file reads no marker: the scheduler comes from `config=` (our
     convert output carries it) or the deprecated `prediction_type=` argument."""
     from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import logging as dlogging
 
     from tagtune.models.convert import convert_model
 
     v_folder = tmp_path / "v"
     convert_model(v_files["v_ztsnr"], v_folder)
-    pipe = StableDiffusionXLPipeline.from_single_file(
-        str(v_files["v_ztsnr"]), config=str(v_folder), local_files_only=True
-    )
+    messages: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger = dlogging.get_logger("diffusers")
+    handler = Capture(level=logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        pipe = StableDiffusionXLPipeline.from_single_file(
+            str(v_files["v_ztsnr"]), config=str(v_folder), local_files_only=True
+        )
+    finally:
+        logger.removeHandler(handler)
+    words = ("not used", "unexpected", "v_pred", "ztsnr")
+    assert [m for m in messages if any(w in m.lower() for w in words)] == []  # markers: quiet
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.scheduler.config.rescale_betas_zero_snr is True
     assert pipe.scheduler.config.timestep_spacing == "trailing"
