@@ -11,11 +11,11 @@ written as a JSON string (A1111's `quote`). `Clip skip: N` is written only when 
 (A1111's 1 is SDXL's default penultimate layer). Unknown keys read from other tools are
 kept in `extra` and written back after ours.
 
-For v-prediction models (written only then, so epsilon infotext is as before):
-`CFG Rescale: phi` when guidance rescale is on (the key of the A1111 CFG-rescale
+Written only when they differ from the default, so an epsilon image's infotext is as
+before: `CFG Rescale: phi` when guidance rescale is on (the key of the A1111 CFG-rescale
 extension; its older `CFG Rescale φ` / `CFG Rescale phi` and Forge's `Rescale CFG` are read
-too), `Noise Schedule: Zero Terminal SNR` (A1111's own key and value) and
-`Prediction type: v_prediction` (tagtune's; A1111 has none).
+too), `Noise Schedule: Zero Terminal SNR` (A1111's own key and value) for a
+zero-terminal-SNR model and `Prediction type: v_prediction` (tagtune's; A1111 has none).
 """
 
 from __future__ import annotations
