@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import ModelFileError
+from tagtune.core.errors import ModelFileError
 from tagtune.models import prediction
 
 UNET_PREFIX = "model.diffusion_model."

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tagtune.errors import RecipeError
+from tagtune.core.errors import RecipeError
 
 EPSILON = "epsilon"
 V_PREDICTION = "v_prediction"
