@@ -46,7 +46,7 @@ LICENCE_POINTS: dict[str, list[str]] = {
 LICENCE_URLS = {"Fair AI Public License 1.0-SD": "https://freedevproject.org/faipl-1.0-sd/"}
 RUN_WIDE = (
     ("train", ("seed", "mixed_precision", "weight_dtype", "gradient_checkpointing")),
-    ("model", ("prediction_type",)),
+    ("model", ("prediction_type", "zero_terminal_snr")),
     (
         "buckets",
         ("resolution", "min_side", "max_side", "step", "no_upscale", "random_crop", "flip"),
@@ -248,6 +248,36 @@ def _vae_text(vae: dict[str, Any]) -> str:
     return name + (f" (AutoV2 `{vae['autov2']}`)" if vae.get("autov2") else "")
 
 
+def _prediction_record(record: dict[str, Any]) -> dict[str, Any] | None:
+    """What the exported model predicts (its export record), else what training used; None
+    for a record from before prediction types were recorded."""
+    export = record.get("export") or {}
+    prediction = export.get("prediction") or record.get("prediction")
+    return prediction if isinstance(prediction, dict) else None
+
+
+def _prediction_text(prediction: dict[str, Any]) -> str:
+    """`v-prediction, zero terminal SNR` / `epsilon`."""
+    kind = "v-prediction" if prediction.get("prediction_type") == "v_prediction" else "epsilon"
+    return kind + (", zero terminal SNR" if prediction.get("zero_terminal_snr") else "")
+
+
+def _prediction_tips(prediction: dict[str, Any] | None) -> list[str]:
+    """Usage tips a v-prediction model needs (none for epsilon)."""
+    if not prediction or prediction.get("prediction_type") != "v_prediction":
+        return []
+    tips = [
+        "- v-prediction: the file carries the `v_pred` marker ComfyUI loads it by and "
+        "`modelspec.prediction_type = v`; other UIs may need v-prediction set by hand",
+    ]
+    if prediction.get("zero_terminal_snr"):
+        tips.append(
+            "- Zero terminal SNR (`ztsnr` marker): sample with trailing timesteps "
+            "(A1111: Noise schedule = Zero Terminal SNR); a CFG rescale of about 0.7 helps"
+        )
+    return tips
+
+
 def _validation_section(stages: list[dict[str, Any]]) -> list[str]:
     """Per stage, validation loss and conditioning gap at its start and end (none: no section)."""
     from tagtune.train.validation import format_gap, start_and_end
@@ -322,6 +352,8 @@ def render_card(
     base_name = Path(base.get("path", "")).name or "-"
     base_text = base_name + (f" (AutoV2 `{base['autov2']}`)" if base.get("autov2") else "")
     vae_rows = [["VAE", _vae_text(vae)]] if (vae := _vae_record(record)) is not None else []
+    prediction = _prediction_record(record)
+    prediction_rows = [["Prediction", _prediction_text(prediction)]] if prediction else []
     hours = totals.get("seconds", 0) / 3600
     licence = project["license"]
     out = [f"# {project['name']}", ""]
@@ -334,6 +366,7 @@ def render_card(
                 ["Base model", base_text],
                 *vae_rows,
                 *_type_rows(record.get("export") or {}, base_text),
+                *prediction_rows,
                 ["Training steps", totals["steps"]],
                 ["Epochs", totals["epochs"]],
                 ["Images", totals["images"]],
@@ -391,6 +424,7 @@ def render_card(
         f"- Clip skip: {export['clip_skip']}",
         f"- Negative prompt: `{export['negative_prompt']}`",
         "- Resolution: {}x{} (or an SDXL bucket of the same area)".format(*export["resolution"]),
+        *_prediction_tips(prediction),
         "",
         *_settings_section(record),
         "",

@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
         ),
         steps: int | None = typer.Option(None, "--steps", help="Sampler steps (default 28)."),
         cfg: float | None = typer.Option(None, "--cfg", help="CFG scale (default 7)."),
+        cfg_rescale: float | None = typer.Option(
+            None, "--cfg-rescale", help="Guidance rescale phi, 0 to 1 (default 0; ~0.7 for v-pred)."
+        ),
         sampler: str | None = typer.Option(
             None, "--sampler", help="euler_a, euler, dpmpp_2m, ... (default euler_a)."
         ),
@@ -74,6 +77,7 @@ def register(app: typer.Typer) -> None:
             "negative": negative,
             "steps": steps,
             "cfg": cfg,
+            "cfg_rescale": cfg_rescale,
             "sampler": sampler,
             "seed": seed,
             "size": size,

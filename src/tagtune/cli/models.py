@@ -156,11 +156,20 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option("single-file", "--format", help="single-file or diffusers."),
         seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
         dtype: str = typer.Option("fp16", "--dtype", help=DTYPE_HELP),
+        prediction_type: str | None = typer.Option(
+            None, "--prediction-type", help="epsilon or v_prediction (default epsilon)."
+        ),
+        zero_terminal_snr: bool = typer.Option(
+            False, "--zero-terminal-snr", help="Mark it zero terminal SNR (v_prediction only)."
+        ),
         force: bool = typer.Option(False, "--force", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Write a tiny random SDXL model (full architecture, small widths) for tests and demos."""
         from tagtune.models.convert import write_tiny_model
 
-        result = write_tiny_model(out, fmt=fmt, seed=seed, dtype=dtype, overwrite=force)
+        result = write_tiny_model(
+            out, fmt=fmt, seed=seed, dtype=dtype, overwrite=force,
+            prediction_type=prediction_type, zero_terminal_snr=zero_terminal_snr,
+        )  # fmt: skip
         _written(result, as_json, "wrote tiny model")

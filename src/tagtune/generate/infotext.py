@@ -10,6 +10,12 @@ The parameter line must start with `Steps: `; a value holding `,`, `:` or a newl
 written as a JSON string (A1111's `quote`). `Clip skip: N` is written only when N > 1
 (A1111's 1 is SDXL's default penultimate layer). Unknown keys read from other tools are
 kept in `extra` and written back after ours.
+
+Written only when they differ from the default, so an epsilon image's infotext is as
+before: `CFG Rescale: phi` when guidance rescale is on (the key of the A1111 CFG-rescale
+extension; its older `CFG Rescale φ` / `CFG Rescale phi` and Forge's `Rescale CFG` are read
+too), `Noise Schedule: Zero Terminal SNR` (A1111's own key and value) for a
+zero-terminal-SNR model and `Prediction type: v_prediction` (tagtune's; A1111 has none).
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ from tagtune.generate.samplers import SAMPLER_LABELS
 # our sampler name -> A1111's label (older single-label form for Karras variants,
 # which every reader still understands)
 _LABEL_TO_NAME = {label.lower(): name for name, label in SAMPLER_LABELS.items()}
+CFG_RESCALE = "CFG Rescale"
+CFG_RESCALE_READ = (CFG_RESCALE, "CFG Rescale φ", "CFG Rescale phi", "Rescale CFG")
+NOISE_SCHEDULE = "Noise Schedule"
+ZERO_TERMINAL_SNR = "Zero Terminal SNR"
+PREDICTION_TYPE = "Prediction type"
 
 NEGATIVE = "Negative prompt:"
 PARAMETERS_KEY = "parameters"
@@ -49,6 +60,9 @@ class Infotext:
     model_hash: str = ""
     model: str = ""
     clip_skip: int = 1
+    cfg_rescale: float = 0.0
+    prediction_type: str = "epsilon"
+    zero_terminal_snr: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -87,6 +101,12 @@ def format_infotext(p: Infotext) -> str:
         params["Model"] = p.model
     if p.clip_skip > 1:
         params["Clip skip"] = str(p.clip_skip)
+    if p.cfg_rescale:
+        params[CFG_RESCALE] = _num(p.cfg_rescale)
+    if p.zero_terminal_snr:
+        params[NOISE_SCHEDULE] = ZERO_TERMINAL_SNR
+    if p.prediction_type != "epsilon":
+        params[PREDICTION_TYPE] = p.prediction_type
     params.update(p.extra)
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items())
     lines = [p.prompt]
@@ -147,6 +167,16 @@ def parse_infotext(text: str) -> Infotext:
         if not m:
             raise InputError("infotext size is not WxH", field="Size", value=raw)
         info.width, info.height = int(m.group(1)), int(m.group(2))
+    for key in CFG_RESCALE_READ:
+        if key in params:
+            raw = params.pop(key)
+            try:
+                info.cfg_rescale = float(raw)
+            except ValueError:
+                raise InputError("infotext value is not a number", field=key, value=raw) from None
+    if params.get(NOISE_SCHEDULE) == ZERO_TERMINAL_SNR:
+        info.zero_terminal_snr = bool(params.pop(NOISE_SCHEDULE))
+    info.prediction_type = params.pop(PREDICTION_TYPE, info.prediction_type)
     info.model_hash = params.pop("Model hash", "")
     info.model = params.pop("Model", "")
     info.extra = params

@@ -22,6 +22,7 @@ from tagtune.generate.infotext import Infotext, read_png_infotext, write_png
 from tagtune.generate.prompt_parser import parse_prompt
 from tagtune.generate.samplers import SAMPLER_LABELS, SCHEDULERS, make_scheduler
 from tagtune.models.hashes import file_hashes
+from tagtune.models.prediction import components_prediction
 from tagtune.recipe.model import MAX_SIDE
 
 MAX_SEED = 2**32 - 1
@@ -145,10 +146,12 @@ def render(
     cfg: float,
     width: int,
     height: int,
+    cfg_rescale: float = 0.0,
 ) -> Any:
     """One image from `prompt_embeddings(...)`, its noise drawn from a CPU generator seeded
     with `seed` (so an image is re-made alone, on any device). Used by `generate` and by
-    the samples taken during training, so both condition prompts identically."""
+    the samples taken during training, so both condition prompts identically.
+    `cfg_rescale` is the guidance rescale phi (Lin et al. 2023; 0 = off, ~0.7 for v models)."""
     import torch
 
     cond, pooled, uncond, uncond_pooled = (t.to(pipe.device, pipe.unet.dtype) for t in embeddings)
@@ -161,10 +164,17 @@ def render(
             negative_pooled_prompt_embeds=uncond_pooled,
             num_inference_steps=steps,
             guidance_scale=cfg,
+            guidance_rescale=cfg_rescale,
             width=width,
             height=height,
             generator=generator,
         ).images[0]
+
+
+def prediction_fields(components: Any) -> dict[str, Any]:
+    """The Infotext fields naming what the model predicts (its scheduler config)."""
+    p = components_prediction(components)
+    return {"prediction_type": p.prediction_type, "zero_terminal_snr": p.zero_terminal_snr}
 
 
 def _next_index(out_dir: Path) -> int:
@@ -187,11 +197,14 @@ def generate(
     tokenizers: str | Path | None = None,
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cfg_rescale: float = 0.0,
 ) -> list[Path]:
     """Generate `n` images (seeds seed, seed+1, ...) and save PNGs carrying A1111 infotext.
 
     `model` is a checkpoint path (single file or diffusers folder), an SDXLComponents
-    (tests pass the tiny model) or a LoadedModel. Returns the written paths.
+    (tests pass the tiny model) or a LoadedModel. The scheduler follows the model's
+    prediction type and zero terminal SNR (`make_scheduler`); the infotext names them and
+    `cfg_rescale` (guidance rescale, 0 to 1). Returns the written paths.
     """
     width, height = parse_size(size)
     if sampler not in SCHEDULERS:
@@ -203,6 +216,8 @@ def generate(
     ):  # fmt: skip
         if not (math.isfinite(value) and value >= low):
             raise InputError(f"must be at least {low}", field=field, value=value)
+    if not (math.isfinite(cfg_rescale) and 0 <= cfg_rescale <= 1):
+        raise InputError("must be from 0 to 1", field="cfg_rescale", value=cfg_rescale)
     seed = secrets.randbelow(MAX_SEED) if seed is None or seed < 0 else seed
     from tagtune.models.conditioning import check_clip_skip
 
@@ -220,7 +235,7 @@ def generate(
         claim_output(
             target, inputs=[("the model", model if isinstance(model, str | Path) else None)]
         )
-        image = render(pipe, embeddings, image_seed, steps, cfg, width, height)
+        image = render(pipe, embeddings, image_seed, steps, cfg, width, height, cfg_rescale)
         info = Infotext(
             prompt=prompt,
             negative=negative,
@@ -233,6 +248,8 @@ def generate(
             model_hash=loaded.autov2,
             model=loaded.name,
             clip_skip=clip_skip,
+            cfg_rescale=cfg_rescale,
+            **prediction_fields(loaded.components),
         )
         paths.append(write_png(image, target, info))
         if progress:
@@ -251,6 +268,7 @@ def params_from_png(path: str | Path) -> dict[str, Any]:
             value=SAMPLER_LABELS.get(info.sampler, info.sampler),
             allowed=", ".join(SAMPLER_LABELS[s] for s in SCHEDULERS),
         )
+    rescale = {"cfg_rescale": info.cfg_rescale} if info.cfg_rescale else {}
     return {
         "prompt": info.prompt,
         "negative": info.negative,
@@ -260,4 +278,5 @@ def params_from_png(path: str | Path) -> dict[str, Any]:
         "seed": info.seed,
         "size": (info.width, info.height),
         "clip_skip": info.clip_skip,
+        **rescale,
     }

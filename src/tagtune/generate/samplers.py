@@ -36,6 +36,9 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
 }
 
+NO_ZERO_TERMINAL_SNR = ("heun", "lms")
+"""Samplers whose diffusers scheduler has no `rescale_betas_zero_snr`: refused for such models."""
+
 SAMPLER_LABELS: dict[str, str] = {
     "euler_a": "Euler a",
     "euler": "Euler",
@@ -51,12 +54,24 @@ SAMPLER_LABELS: dict[str, str] = {
 
 
 def make_scheduler(name: str, config: dict[str, Any]):
-    """A diffusers scheduler for one of our sampler names, from the model's scheduler config."""
+    """A diffusers scheduler for one of our sampler names, from the model's scheduler config.
+
+    The config carries what the model predicts (`prediction_type`) and, for a
+    zero-terminal-SNR model, `rescale_betas_zero_snr` and trailing timestep spacing
+    (`models.prediction`); a sampler that cannot honour them is refused, never run wrong.
+    """
     import diffusers
 
     if name not in SCHEDULERS:
         raise InputError(
             "unknown sampler", field="--sampler", value=name, allowed=", ".join(SCHEDULERS)
+        )
+    if config.get("rescale_betas_zero_snr") and name in NO_ZERO_TERMINAL_SNR:
+        raise InputError(
+            "this sampler cannot sample a zero-terminal-SNR model",
+            field="--sampler",
+            value=name,
+            allowed=", ".join(s for s in SCHEDULERS if s not in NO_ZERO_TERMINAL_SNR),
         )
     cls_name, overrides = SCHEDULERS[name]
     cls = getattr(diffusers, cls_name)

@@ -38,6 +38,7 @@ from tagtune.merge.io import (
     read_parent,
     to_tensor,
 )
+from tagtune.merge.prediction import check_parents_agree, weight_keys
 from tagtune.models.safetensors_io import Header, encode_header, itemsize
 
 MODES = ("weighted-sum", "add-difference")
@@ -162,7 +163,7 @@ def check_same_architecture(headers: list[Header]) -> None:
         diffs: list[str] = []
         a, b = first.tensors, other.tensors
         an, bn = first.path.name, other.path.name
-        for key in sorted(a.keys() | b.keys()):
+        for key in sorted(weight_keys(a.keys()) | weight_keys(b.keys())):
             if key not in b:
                 diffs.append(f"{key} only in {an} ({shape_text(a[key].shape)})")
             elif key not in a:
@@ -291,6 +292,8 @@ def merge_checkpoints(
 
     Why streaming: SDXL files are ~7 GB each; memory stays at a few small reused buffers
     (see `merge_io`), and reading, hashing, the math and writing overlap on their own threads.
+    Parents must agree on prediction type and zero terminal SNR (`merge_prediction`); the
+    output carries A's `v_pred` / `ztsnr` markers. `force` also merges parents that disagree.
     `progress(done_bytes, total_bytes)` is called after each piece. With `hash_parents`
     (default) the metadata names each parent's AutoV2, hashed from the same reads;
     without it only the file names are recorded (faster). An existing `out` is replaced only
@@ -303,6 +306,7 @@ def merge_checkpoints(
     parents_in = [(f"parent {r.upper()}", p) for r, p in zip("abc", paths, strict=False)]
     claim_output(out, force=force, inputs=parents_in)
     headers = [read_parent(p) for p in paths]
+    prediction = check_parents_agree(headers, force=force)  # before the layouts are compared
     check_same_architecture(headers)
     ha = headers[0]
     keys = sorted(ha.tensors, key=lambda k: ha.tensors[k].begin)
@@ -314,7 +318,8 @@ def merge_checkpoints(
         {"role": r, "file": h.path.name, **({"autov2": _PLACEHOLDER} if hash_parents else {})}
         for r, h in zip(roles, headers, strict=False)
     ]
-    header_bytes, sizes = encode_header(entries, _metadata(spec, ha, out, parents))
+    extra = {"modelspec.prediction_type": prediction.modelspec_value} if prediction.is_v else {}
+    header_bytes, sizes = encode_header(entries, {**_metadata(spec, ha, out, parents), **extra})
     total = sum(sizes)
     sources = {
         k: tuple(range(len(headers))) if act == "merge" else (roles.index(act),)
@@ -351,7 +356,7 @@ def merge_checkpoints(
                 shas = [reader.sha256(i) for i in range(len(headers))]
                 for p, sha in zip(parents, shas, strict=True):
                     p["autov2"] = sha[:10].upper()
-            final = _metadata(spec, ha, out, parents)
+            final = {**_metadata(spec, ha, out, parents), **extra}
             final_header, _ = encode_header(entries, final)
             assert len(final_header) == len(header_bytes), "AutoV2 placeholders keep the length"
             fh.seek(0)

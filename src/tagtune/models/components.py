@@ -14,7 +14,9 @@ class SDXLComponents:
 
     `source` names where the weights came from (file or folder), for records and errors;
     `vae_source` (a `tagtune.models.recipe_model.VaeSource`, set by `load_recipe_model`)
-    names the VAE baked in and the fingerprint that keys its latent cache.
+    names the VAE baked in and the fingerprint that keys its latent cache. `claim` (a
+    `tagtune.models.prediction.Claim`, set by `load_model`) is what the source states about
+    its prediction type and zero terminal SNR; the scheduler config holds the answer.
     """
 
     unet: Any
@@ -26,6 +28,7 @@ class SDXLComponents:
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     vae_source: Any = None
+    claim: Any = None
 
     def modules(self) -> dict[str, Any]:
         """The four weight-carrying modules by their diffusers folder name."""

@@ -11,6 +11,7 @@ import torch
 from tagtune.core.errors import InputError
 from tagtune.core.outputs import Inputs, check_output, claim_output
 from tagtune.models.modelspec import modelspec_metadata
+from tagtune.models.prediction import PREDICTION_TYPES, Prediction, apply
 
 Format = Literal["single-file", "diffusers"]
 FORMATS: tuple[str, ...] = ("single-file", "diffusers")
@@ -92,7 +93,10 @@ def convert_model(
     """A diffusers folder becomes a single file; a single file becomes a diffusers folder.
 
     The single file gets ModelSpec metadata (title = `title` or the output name; author,
-    licence and description when given) and `tagtune.converted_from`.
+    licence and description when given) and `tagtune.converted_from`. What the model
+    predicts goes across both ways: a single file's `v_pred` / `ztsnr` markers become the
+    folder's scheduler config (prediction_type, rescale_betas_zero_snr, trailing spacing),
+    and back (`load_model`, `save_single_file`).
     """
     from tagtune.models.load import load_model
 
@@ -114,15 +118,30 @@ def write_tiny_model(
     seed: int = 0,
     dtype: str = "fp16",
     overwrite: bool = False,
+    prediction_type: str | None = None,
+    zero_terminal_snr: bool = False,
 ) -> WriteResult:
     """A tiny random SDXL (full architecture, small widths) written to `out`.
 
-    Same seed, same bytes: the header carries no date.
+    Same seed, same bytes: the header carries no date. `prediction_type` (default epsilon)
+    and `zero_terminal_snr` mark it as such a model (markers, ModelSpec, scheduler config).
     """
     from tagtune.models.tiny import build_tiny_sdxl
 
+    kind = prediction_type or "epsilon"
+    if kind not in PREDICTION_TYPES:
+        raise InputError(
+            "unknown prediction type", field="prediction_type", value=kind,
+            allowed=", ".join(PREDICTION_TYPES),
+        )  # fmt: skip
+    if zero_terminal_snr and kind != "v_prediction":
+        raise InputError(
+            "zero terminal SNR needs v_prediction", field="zero_terminal_snr", value=True
+        )
     _check_output(Path(out), overwrite, fmt, dtype)
+    prediction = Prediction(kind, zero_terminal_snr)
     components = build_tiny_sdxl(seed)
+    components.scheduler_config = apply(components.scheduler_config, prediction)
     meta = modelspec_metadata(
         f"tagtune tiny SDXL (seed {seed})",
         date="",

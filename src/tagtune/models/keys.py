@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from tagtune.core.errors import ModelFileError
+from tagtune.models import prediction
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -88,6 +89,10 @@ TE2_QKV = ("q_proj", "k_proj", "v_proj")
 
 # Present in some files, used by no loader: dropped on export, ignored on load.
 IGNORED_SUFFIXES = ("position_ids", "logit_scale")
+# Flags, not weights (empty tensors at the top level): `v_pred` makes ComfyUI load a
+# v-prediction model, `ztsnr` beside it zero-terminal-SNR sampling (see `prediction.py`).
+# Written on export when the model is one, read on load, never part of a component.
+MARKER_KEYS = prediction.MARKER_KEYS
 
 
 def _rename(suffix: str, renames: Mapping[str, str]) -> str:

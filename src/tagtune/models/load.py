@@ -28,6 +28,7 @@ from tagtune.models.configs import (
     read_config_file,
     sdxl_base_configs,
 )
+from tagtune.models.prediction import read_file_claim, read_folder_claim, with_claim
 from tagtune.models.safetensors_io import load_tensors, read_header
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -322,8 +323,9 @@ def _load_folder(folder: Path, tokenizers: Any, dtype) -> SDXLComponents:
     scheduler = configs["scheduler"]
     tok1, tok2 = resolve_tokenizers(tokenizers, folder)
     return SDXLComponents(
-        **modules, tokenizer=tok1, tokenizer_2=tok2, scheduler_config=scheduler, source=str(folder)
-    )
+        **modules, tokenizer=tok1, tokenizer_2=tok2, scheduler_config=scheduler,
+        source=str(folder), claim=read_folder_claim(scheduler),
+    )  # fmt: skip
 
 
 def load_model(
@@ -333,13 +335,16 @@ def load_model(
 
     Offline: configs come from the file's `tagtune.configs` metadata or the packaged SDXL base
     configs; tokenizers from `tokenizers` (objects or a folder), the model folder, or the real
-    CLIP vocabulary (see `resolve_tokenizers`).
+    CLIP vocabulary (see `resolve_tokenizers`). The scheduler config carries what the model
+    predicts (`models.prediction`): a single file's `v_pred` / `ztsnr` markers and
+    `modelspec.prediction_type` override its stored or packaged config.
     """
     path = Path(path)
     if path.is_dir():
         return _load_folder(path, tokenizers, dtype)
     configs = file_configs(path)  # checked before a tensor is read or a module is built
-    state, _ = read_checkpoint(path)
+    state, meta = read_checkpoint(path)
+    claim = read_file_claim(state.keys(), meta)  # the v_pred / ztsnr markers, modelspec
     parts = split_single_file(state, configs, str(path))
     del state
     modules = {
@@ -350,6 +355,7 @@ def load_model(
         **modules,
         tokenizer=tok1,
         tokenizer_2=tok2,
-        scheduler_config=dict(configs["scheduler"]),
+        scheduler_config=with_claim(configs["scheduler"], claim),
         source=str(path),
+        claim=claim,
     )

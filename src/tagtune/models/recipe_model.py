@@ -20,6 +20,7 @@ from tagtune.core.errors import WorkspaceError
 from tagtune.core.workspace import Workspace
 from tagtune.models.components import SDXLComponents
 from tagtune.models.modelspec import vae_metadata
+from tagtune.models.prediction import apply, read_folder_claim, resolve
 from tagtune.recipe.model import Recipe
 from tagtune.recipe.workspace import workspace_recipe
 
@@ -77,6 +78,8 @@ def load_recipe_model(
 
     `tokenizers=False` skips them (prepare needs only the VAE). A missing base is a
     WorkspaceError naming `model.base`; a VAE that does not fit is a ModelFileError naming it.
+    The scheduler config carries the recipe's prediction type and zero terminal SNR
+    (`resolve_prediction`).
     """
     from tagtune.models.load import load_model
     from tagtune.models.vae_bake import bake_vae_into
@@ -92,9 +95,23 @@ def load_recipe_model(
     if tokenizers:
         tok = str(ws.resolve(model.tokenizers)) if model.tokenizers else None
     components = load_model(ws.resolve(model.base), tokenizers=tok, dtype=dtype)
+    resolve_prediction(components, recipe, str(ws.recipe_path))
     file = None
     if model.vae:
         file = ws.resolve(model.vae)
         bake_vae_into(components.vae, file)
     components.vae_source = describe_vae(components.vae, model.vae, file)
     return components
+
+
+def resolve_prediction(components: SDXLComponents, recipe: Recipe, recipe_file: str = "") -> None:
+    """Put the recipe's `model.prediction_type` / `model.zero_terminal_snr` ("auto": what the
+    base states) into the components' scheduler config, which training, samples and the
+    export read. A value that contradicts the base is a RecipeError naming both; idempotent."""
+    model = recipe.model
+    # a model built in memory states what its scheduler config says
+    claim = getattr(components, "claim", None) or read_folder_claim(components.scheduler_config)
+    prediction = resolve(
+        model.prediction_type, model.zero_terminal_snr, claim, model.base, recipe_file
+    )
+    components.scheduler_config = apply(components.scheduler_config, prediction)

@@ -25,6 +25,7 @@ from tagtune.models.configs import (
     sdxl_base_dir,
 )
 from tagtune.models.modelspec import HASH_KEY, modelspec_metadata
+from tagtune.models.prediction import MODELSPEC_KEY, components_prediction, markers
 from tagtune.models.safetensors_io import write_safetensors
 
 DTYPES: dict[str, torch.dtype] = {
@@ -75,15 +76,20 @@ def save_single_file(
 
     Metadata: `metadata` (e.g. from `modelspec_metadata`), or default ModelSpec keys
     (title = file stem) when None, plus `tagtune.configs`. With `hash_sha256`,
-    `modelspec.hash_sha256` = "0x" + AutoV3.
+    `modelspec.hash_sha256` = "0x" + AutoV3. A v-prediction model (its scheduler config,
+    `prediction.py`) gets the `v_pred` / `ztsnr` marker tensors, and ModelSpec metadata
+    always names the components' prediction type, so the file never contradicts itself.
     """
     path = Path(path)
     cast = parse_dtype(dtype)
     meta = dict(metadata) if metadata is not None else modelspec_metadata(path.stem)
     meta.setdefault(METADATA_KEY, configs_to_metadata(component_configs(components)))
+    prediction = components_prediction(components)
+    if any(k.startswith("modelspec.") for k in meta):
+        meta[MODELSPEC_KEY] = prediction.modelspec_value
     write_safetensors(
         path,
-        single_file_state_dict(components),
+        {**single_file_state_dict(components), **markers(prediction)},
         meta,
         cast=cast,
         hash_key=HASH_KEY if hash_sha256 else None,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tagtune.core.errors import RecipeError
 from tagtune.core.untrusted import read_regular
 from tagtune.core.workspace import RECIPE_FILE
+from tagtune.recipe.auto import AutoBool
 from tagtune.recipe.errors import recipe_error
 from tagtune.recipe.lora import LoraConfig, check_stage_method
 from tagtune.recipe.validation import ValidationConfig
@@ -72,8 +73,12 @@ class ModelConfig(Strict):
     """Optional VAE baked into the base before training (single file or diffusers VAE folder)."""
     tokenizers: str = ""
     """Optional folder with tokenizer/ and tokenizer_2/; default: the base folder or the CLIP vocabulary."""
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    """What the U-Net predicts; SDXL 1.0 and its community fine-tunes use epsilon."""
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
+    """What the U-Net predicts; "auto" reads it from the base (its `v_pred` marker or
+    `modelspec.prediction_type`, a diffusers folder's scheduler config), else epsilon."""
+    zero_terminal_snr: AutoBool = "auto"
+    """Zero-terminal-SNR noise schedule (v-prediction only); "auto" reads it from the base
+    (its `ztsnr` marker, a diffusers folder's `rescale_betas_zero_snr`), else false."""
 
 
 class SafetyConfig(Strict):

@@ -16,7 +16,8 @@ from tagtune.core.errors import InputError, TrainingError
 from tagtune.core.outputs import claim_output
 from tagtune.core.workspace import Workspace
 from tagtune.models.hashes import file_hashes
-from tagtune.models.recipe_model import vae_source_of
+from tagtune.models.prediction import components_prediction
+from tagtune.models.recipe_model import resolve_prediction, vae_source_of
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
 from tagtune.train import stages  # looked up at call time: tests replace stages.load_base
@@ -101,6 +102,7 @@ def export_model(
         )  # fmt: skip
         return _record_export(ws, run_dir, record, path, target, {"lora": info})
     components = components if components is not None else stages.load_base(ws, recipe)
+    resolve_prediction(components, recipe, str(ws.recipe_path))  # as load_base does
     for path in states.values():
         stages.apply_stage_weights(components, path)
     extra = {
@@ -108,8 +110,11 @@ def export_model(
         "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),
     }
     path = export_components(components, out, recipe, dtype or recipe.export.dtype, extra)
-    vae = vae_source_of(components).to_json()
-    return _record_export(ws, run_dir, record, path, target, {"vae": vae})
+    extra_record: dict[str, Any] = {"vae": vae_source_of(components).to_json()}
+    prediction = components_prediction(components)
+    if prediction.is_v:  # an epsilon record stays as it was
+        extra_record["prediction"] = prediction.to_json()
+    return _record_export(ws, run_dir, record, path, target, extra_record)
 
 
 def _record_export(

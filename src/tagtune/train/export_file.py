@@ -16,6 +16,7 @@ from typing import Any
 from tagtune.core.catalog import open_catalog
 from tagtune.core.workspace import Workspace
 from tagtune.models.modelspec import modelspec_metadata
+from tagtune.models.prediction import components_prediction
 from tagtune.models.recipe_model import vae_source_of
 from tagtune.models.save import save_single_file
 from tagtune.recipe.model import Recipe
@@ -73,14 +74,15 @@ def export_components(
     extra: dict[str, str] | None = None,
 ) -> Path:
     """Write the components as one SDXL single file with ModelSpec + tagtune metadata
-    (`tagtune.baked_vae*` name the recipe's VAE when one was baked in)."""
+    (`tagtune.baked_vae*` name the recipe's VAE when one was baked in); a v-prediction
+    model carries the `v_pred` / `ztsnr` markers (`save_single_file`)."""
     meta = modelspec_metadata(
         recipe.project.name,
         author=recipe.project.author,
         description=recipe.project.description,
         license=recipe.project.license,
         resolution="{}x{}".format(*recipe.export.resolution),
-        prediction_type=recipe.model.prediction_type,
+        prediction_type=components_prediction(components).modelspec_value,
         extra={
             "tagtune.recipe": json.dumps(recipe.model_dump(mode="json")),
             **vae_source_of(components).metadata(),

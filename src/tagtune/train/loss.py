@@ -23,10 +23,16 @@ def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
 def min_snr_weights(
     alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float, prediction_type: str
 ) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR (/ (SNR + 1) for v)."""
+    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR (/ (SNR + 1) for v).
+
+    With zero terminal SNR the last timestep has SNR exactly 0: the v weight is then 0 / 1
+    and the epsilon weight takes its limit, 1 (never 0 / 0).
+    """
     s = snr(alphas_cumprod, timesteps)
     clipped = torch.clamp(s, max=gamma)
-    return clipped / (s + 1.0) if prediction_type == "v_prediction" else clipped / s
+    if prediction_type == "v_prediction":
+        return clipped / (s + 1.0)
+    return torch.where(s > 0, clipped / s.clamp(min=torch.finfo(s.dtype).tiny), 1.0)
 
 
 def encode_captions(
@@ -77,10 +83,15 @@ def diffusion_loss(
     return loss
 
 
-def training_scheduler(scheduler_config: dict[str, Any], prediction_type: str = "epsilon"):
-    """The DDPM noise schedule for training, from the model's scheduler config."""
+def training_scheduler(scheduler_config: dict[str, Any], prediction_type: str | None = None):
+    """The DDPM noise schedule for training, from the model's scheduler config.
+
+    A config with `rescale_betas_zero_snr` (zero terminal SNR, see `models.prediction`)
+    gets diffusers' own rescale: the last timestep's alpha_bar is exactly 0, pure noise.
+    `prediction_type` overrides the config's (default: the config's, else epsilon).
+    """
     from diffusers import DDPMScheduler
 
     config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    config["prediction_type"] = prediction_type
+    config["prediction_type"] = prediction_type or config.get("prediction_type") or "epsilon"
     return DDPMScheduler.from_config(config)

@@ -1,7 +1,8 @@
 """Sample images during training: seeded, PNG with A1111 infotext, and a grid per epoch.
 
-Built from the in-memory components (no copy of the weights) by `tagtune.generate.pipeline` (Euler
-scheduler), so samples condition prompts exactly as `tagtune generate` does.
+Built from the in-memory components (no copy of the weights) by `tagtune.generate.pipeline`
+(Euler scheduler), so samples condition prompts exactly as `tagtune generate` does, and sample
+as the model predicts (the components' scheduler config: v-prediction, zero terminal SNR).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ import torch
 from tagtune.core.atomic import atomic_path
 from tagtune.core.workspace import Workspace
 from tagtune.generate.infotext import Infotext, write_png
-from tagtune.generate.pipeline import build_pipeline, prompt_embeddings, render
+from tagtune.generate.pipeline import (
+    build_pipeline,
+    prediction_fields,
+    prompt_embeddings,
+    render,
+)
 from tagtune.recipe.model import Recipe, StageConfig, TrainConfig
 from tagtune.train.export_file import export_components
 from tagtune.train.lora_export import export_epoch_lora
@@ -69,6 +75,7 @@ def _sample_one(
         width=width,
         height=height,
         model=label,
+        **prediction_fields(components),
     )
     return info, image
 

@@ -22,7 +22,8 @@ from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
 from tagtune.ingest.verdicts import catalog_is_current
 from tagtune.models.hashes import file_hashes
-from tagtune.models.recipe_model import vae_source_of
+from tagtune.models.prediction import components_prediction
+from tagtune.models.recipe_model import resolve_prediction, vae_source_of
 from tagtune.recipe.model import Recipe, StageConfig
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
@@ -30,6 +31,7 @@ from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.lora import apply_lora_state
 from tagtune.train.monitor import Monitor
 from tagtune.train.optim import TRAINABLE, warmup_steps
+from tagtune.train.prediction_record import record_prediction
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
 from tagtune.train.validation import (
     HeldOutImage,
@@ -286,6 +288,7 @@ def open_run(
     cfg = recipe.train
     runtime = make_runtime(cfg.mixed_precision)
     components = components if components is not None else load_base(ws, recipe)
+    resolve_prediction(components, recipe, str(ws.recipe_path))  # as load_base does
     vae = vae_source_of(components)  # fingerprinted before anything moves or is cast
     place_modules(components, runtime.device, cfg.weight_dtype)
     run_dir = ws.runs_dir / cfg.run
@@ -293,6 +296,7 @@ def open_run(
         cfg.run, recipe, base_model_info(ws, recipe, components), vae.to_json()
     )
     record["vae"] = vae.to_json()  # the recipe's VAE now, also in a record from before
+    record_prediction(record, components_prediction(components), run_dir)
     summary = TrainSummary(run_dir)
     return RunContext(
         ws, recipe, runtime, components, vae, record, summary, progress, encode_fn, after_step
@@ -394,15 +398,16 @@ def stage_job(
     from tagtune.train.sampling import epoch_hook
 
     rt, recipe, stage_dir = ctx.runtime, ctx.recipe, ctx.run_dir / st.name
+    prediction = components_prediction(ctx.components).prediction_type  # resolved in open_run
     return StageJob(
         components=ctx.components, stage=st, stage_index=index, train=recipe.train,
         examples=examples, latents=latents, stage_dir=stage_dir, runtime=rt,
         resume_from=resume_from,
         monitor=Monitor(stage_dir / "logs", enabled=rt.is_main, progress=ctx.progress),
-        encode_fn=ctx.encode_fn, prediction_type=recipe.model.prediction_type,
+        encode_fn=ctx.encode_fn, prediction_type=prediction,
         on_epoch_end=epoch_hook(ctx.ws, recipe, ctx.components, st, stage_dir),
         validation=Validator(
-            ctx.held_out, recipe.validation, latents, rt, recipe.model.prediction_type
+            ctx.held_out, recipe.validation, latents, rt, prediction
         ) if ctx.held_out else None,
         on_validation=lambda ev: record_evaluation(ctx.run_dir, ctx.record, entry, ev),
         after_step=ctx.after_step,
