@@ -28,15 +28,15 @@ from pathlib import Path
 
 import torch
 
-from tagtune.errors import InputError, ModelFileError
+from tagtune.errors import InputError
 from tagtune.hashes import file_hashes
 from tagtune.merge import check_same_architecture
-from tagtune.merge_io import FLOAT_DTYPES, read_parent
+from tagtune.merge_io import read_parent
 from tagtune.models.load import file_configs
 from tagtune.models.lora_format import LoraModule, write_lora
-from tagtune.models.lora_single_file import FileTarget, file_targets
+from tagtune.models.lora_single_file import check_file_targets, file_targets
 from tagtune.models.modelspec import HASH_KEY, modelspec_metadata
-from tagtune.models.safetensors_io import Header, read_tensor
+from tagtune.models.safetensors_io import read_tensor
 from tagtune.models.save import parse_dtype
 from tagtune.outputs import claim_output
 
@@ -188,30 +188,6 @@ def factor(
     return LoraModule(down=down, up=up, alpha=float(rank)), norm2, resid2
 
 
-def _fits(shape: tuple[int, ...], t: FileTarget) -> bool:
-    if t.rows is None:
-        return shape == t.shape
-    return len(shape) == len(t.shape) and shape[0] >= t.rows[1] and shape[1:] == t.shape[1:]
-
-
-def _check_targets(header: Header, targets: dict[str, FileTarget]) -> None:
-    bad = []
-    for t in targets.values():
-        info = header.tensors.get(t.key)
-        if info is None:
-            bad.append(f"{t.key} missing")
-        elif info.dtype not in FLOAT_DTYPES:
-            bad.append(f"{t.key} is {info.dtype}, not floating point")
-        elif not _fits(info.shape, t):
-            bad.append(f"{t.key} is {list(info.shape)}, not {list(t.shape)}")
-    if bad:
-        raise ModelFileError(
-            f"not an SDXL checkpoint of its configuration: {len(bad)} LoRA targets do not fit "
-            f"(first: {'; '.join(bad[:3])})",
-            file=header.path,
-        )
-
-
 def _parents(paths: dict[str, Path], hash_parents: bool) -> dict[str, dict[str, str]]:
     out = {}
     for role, path in paths.items():
@@ -308,7 +284,7 @@ def extract_lora(
     ht, hb = read_parent(tuned), read_parent(base)
     check_same_architecture([ht, hb])
     targets = file_targets(file_configs(tuned), convs=True, source=str(tuned))
-    _check_targets(ht, targets)
+    check_file_targets(ht, targets)
     ranks = {n: plan.of(n, t.locon) for n, t in targets.items()}
     todo = sorted(
         (n for n in targets if ranks[n] > 0), key=lambda n: ht.tensors[targets[n].key].begin

@@ -91,3 +91,44 @@ def register(app: typer.Typer) -> None:
         console.print(
             Text.assemble("wrote ", (str(result.path), "bold"), f" ({result.seconds:.1f} s)")
         )
+
+    @app.command("merge-lora")
+    def merge_lora_cmd(
+        checkpoint: Path = typer.Argument(..., help="The checkpoint (.safetensors, single file)."),
+        loras: list[str] = typer.Argument(..., help="LoRA files, each FILE or FILE:STRENGTH."),
+        out: Path = typer.Option(..., "--out", help="The checkpoint to write."),
+        dtype: str | None = typer.Option(
+            None, "--dtype", help="fp16, bf16 or fp32 (default: the checkpoint's)."
+        ),
+        force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+        no_parent_hashes: bool = typer.Option(
+            False, "--no-parent-hashes", help="Skip hashing the parents (faster)."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Bake one or more kohya LoRAs into a checkpoint, streaming.
+
+        Example: tagtune merge-lora base.safetensors style.safetensors:0.8 --out merged.safetensors
+        """
+        from tagtune.lora_merge import merge_loras
+        from tagtune.models.lora_format import parse_lora_ref
+
+        result = merge_loras(
+            checkpoint,
+            [parse_lora_ref(text) for text in loras],
+            out,
+            dtype=dtype,
+            force=force,
+            hash_parents=not no_parent_hashes,
+        )
+        if as_json:
+            print_json(result.to_json())
+            return
+        console.print(
+            Text.assemble("wrote ", (str(result.path), "bold"), f" ({result.seconds:.1f} s)")
+        )
+        console.print(
+            f"{result.modules} LoRA modules changed {result.changed} of {result.tensors} tensors"
+        )
+        for lora in result.parents["loras"]:
+            console.print(f"  {lora['file']} x {lora['strength']:g}  {lora.get('autov2', '')}")

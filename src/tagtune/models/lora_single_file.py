@@ -13,10 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tagtune.errors import ModelFileError
 from tagtune.models import keys
 from tagtune.models.components import SDXLComponents
 from tagtune.models.load import checked_empty_module
 from tagtune.models.lora_names import COMPONENTS, lora_targets
+from tagtune.models.safetensors_io import Header
+
+FLOAT_CODES = ("F16", "BF16", "F32", "F64")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class FileTarget:
     rows: tuple[int, int] | None
     shape: tuple[int, ...]
     locon: bool = False
+    module_path: str = ""
 
 
 def meta_components(configs: Mapping[str, Mapping[str, Any]], source: str = "") -> SDXLComponents:
@@ -87,5 +92,31 @@ def file_targets(
         module = getattr(comps, COMPONENTS[component]).get_submodule(path)
         shape = tuple(module.weight.shape)
         key, rows = file_key(component, path, shape, rows_table)
-        out[name] = FileTarget(name, component, key, rows, shape, name not in plain)
+        out[name] = FileTarget(name, component, key, rows, shape, name not in plain, path)
     return out
+
+
+def _fits(shape: tuple[int, ...], t: FileTarget) -> bool:
+    if t.rows is None:
+        return shape == t.shape
+    return len(shape) == len(t.shape) and shape[0] >= t.rows[1] and shape[1:] == t.shape[1:]
+
+
+def check_file_targets(header: Header, targets: Mapping[str, FileTarget]) -> None:
+    """Raise ModelFileError unless every target's tensor is in the file, floating point, and
+    of the shape the configs give (the first few that are not are listed)."""
+    bad = []
+    for t in targets.values():
+        info = header.tensors.get(t.key)
+        if info is None:
+            bad.append(f"{t.key} missing")
+        elif info.dtype not in FLOAT_CODES:
+            bad.append(f"{t.key} is {info.dtype}, not floating point")
+        elif not _fits(info.shape, t):
+            bad.append(f"{t.key} is {list(info.shape)}, not {list(t.shape)}")
+    if bad:
+        raise ModelFileError(
+            f"not an SDXL checkpoint of its configuration: {len(bad)} LoRA targets do not fit "
+            f"(first: {'; '.join(bad[:3])})",
+            file=header.path,
+        )
