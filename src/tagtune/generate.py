@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tagtune.errors import DependencyError, InputError
+from tagtune.generate_lora import load_loras, lora_tags, lora_use, strip_lora_tags, with_loras
 from tagtune.infotext import SAMPLER_LABELS, Infotext, read_png_infotext, write_png
 from tagtune.outputs import claim_output
 from tagtune.recipe import MAX_SIDE
@@ -224,11 +225,13 @@ def generate(
     tokenizers: str | Path | None = None,
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    loras: Sequence[tuple[str | Path, float]] = (),
 ) -> list[Path]:
     """Generate `n` images (seeds seed, seed+1, ...) and save PNGs carrying A1111 infotext.
 
     `model` is a checkpoint path (single file or diffusers folder), an SDXLComponents
-    (tests pass the tiny model) or a LoadedModel. Returns the written paths.
+    (tests pass the tiny model) or a LoadedModel. `loras` are (kohya LoRA file, strength)
+    pairs applied in memory (see `generate_lora`). Returns the written paths.
     """
     width, height = parse_size(size)
     if sampler not in SCHEDULERS:
@@ -243,7 +246,12 @@ def generate(
     seed = secrets.randbelow(MAX_SEED) if seed is None or seed < 0 else seed
     from tagtune.conditioning import check_clip_skip
 
+    used = load_loras(loras)
     loaded = load_for_generation(model, tokenizers, device)
+    owned = isinstance(model, str | Path)
+    loaded = LoadedModel(
+        with_loras(loaded.components, used, owned=owned), loaded.name, loaded.autov2
+    )
     check_clip_skip(loaded.components.text_encoder, loaded.components.text_encoder_2, clip_skip)
     pipe = build_pipeline(loaded.components, sampler, device)
     embeddings = prompt_embeddings(loaded.components, prompt, negative, clip_skip)
@@ -259,7 +267,7 @@ def generate(
         )
         image = render(pipe, embeddings, image_seed, steps, cfg, width, height)
         info = Infotext(
-            prompt=prompt,
+            prompt=prompt + lora_use(used).prompt_suffix,
             negative=negative,
             steps=steps,
             sampler=sampler,
@@ -270,6 +278,7 @@ def generate(
             model_hash=loaded.autov2,
             model=loaded.name,
             clip_skip=clip_skip,
+            extra=lora_use(used).infotext_extra,
         )
         paths.append(write_png(image, target, info))
         if progress:
@@ -277,9 +286,22 @@ def generate(
     return paths
 
 
-def params_from_png(path: str | Path) -> dict[str, Any]:
-    """The generate() keyword arguments recorded in an image's infotext (for `--from-png`)."""
+def params_from_png(path: str | Path, loras_given: bool = False) -> dict[str, Any]:
+    """The generate() keyword arguments recorded in an image's infotext (for `--from-png`).
+
+    `<lora:...>` tags are taken out of the prompt; an image made with LoRAs needs them given
+    again (`loras_given`), as the infotext names them but cannot say where the files are.
+    """
     info = read_png_infotext(path)
+    used = lora_tags(info.prompt)
+    if used and not loras_given:
+        raise InputError(
+            "the image was made with LoRAs "
+            + ", ".join(f"{name} x {strength}" for name, strength in used)
+            + "; give their files again",
+            file=path,
+            field="loras",
+        )
     if info.sampler not in SCHEDULERS:
         raise InputError(
             "the image's sampler is not one tagtune runs",
@@ -289,7 +311,7 @@ def params_from_png(path: str | Path) -> dict[str, Any]:
             allowed=", ".join(SAMPLER_LABELS[s] for s in SCHEDULERS),
         )
     return {
-        "prompt": info.prompt,
+        "prompt": strip_lora_tags(info.prompt),
         "negative": info.negative,
         "steps": info.steps,
         "cfg": info.cfg,
