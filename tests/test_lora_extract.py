@@ -177,6 +177,8 @@ def test_refusals(pair, tmp_path, capsys):
     assert res.code == 2 and "never replaced" in res.error_lines[0]
     res = run_cli(capsys, "extract-lora", tuned, tuned, "--out", tmp_path / "same.safetensors")
     assert res.code == 2 and "do not differ" in res.error_lines[0]
+    with pytest.raises(InputError, match="matches no module"):
+        extract_lora(tuned, base, tmp_path / "t.safetensors", rank_for=[("lora_unet_down_*", 4)])
     with pytest.raises(InputError, match="PATTERN=RANK"):
         parse_rank_for(["lora_te*"])
     res = run_cli(

@@ -286,6 +286,14 @@ def extract_lora(
     targets = file_targets(file_configs(tuned), convs=True, source=str(tuned))
     check_file_targets(ht, targets)
     ranks = {n: plan.of(n, t.locon) for n, t in targets.items()}
+    for pattern, _ in plan.rank_for:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in targets):
+            raise InputError(
+                "pattern matches no module (kohya names such as "
+                "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q, lora_te1_*)",
+                field="rank_for",
+                value=pattern,
+            )
     todo = sorted(
         (n for n in targets if ranks[n] > 0), key=lambda n: ht.tensors[targets[n].key].begin
     )
