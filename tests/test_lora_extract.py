@@ -75,6 +75,10 @@ def test_full_rank_reproduces_the_difference(pair, tmp_path):
         d = _diff(tuned, base, targets[name])
         assert torch.allclose(lora_delta(m, d.shape), d, atol=2e-6), name
     assert result.overall.relative_error < 1e-5
+    # every U-Net and text encoder 2 tensor changed: those no LoRA module holds are reported
+    assert "model.diffusion_model.time_embed.0.weight" in result.other_changed
+    assert not any(k.startswith("first_stage_model.") for k in result.other_changed)
+    assert not any(".transformer.text_model." in k for k in result.other_changed)  # TE1 same
     te1 = next(g for g in result.groups if g.group == "text encoder 1")
     assert te1.modules == 0 and te1.unchanged == 72
     record = json.loads(meta["tagtune.extract_lora"])
@@ -136,6 +140,7 @@ def test_low_rank_printed_error_is_what_the_files_give(pair, tmp_path, capsys):
         assert printed[group][1] == pytest.approx(err, abs=2e-6), group
     assert printed["text encoder 2"][0] == "1" and printed["U-Net middle"][0] == "2"
     assert printed["all"][0] == "1-2"
+    assert "other tensors differ and are not in the LoRA" in res.out
     modules, _ = read_lora(out)
     assert all(m.down.dtype == torch.float16 for m in modules.values())
     assert not any(n.startswith("lora_unet_") and "_0_in_layers_" in n for n in modules)  # no LoCon

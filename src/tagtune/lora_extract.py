@@ -9,6 +9,8 @@ U S Vh (exact, or for a rank far below the module's size the randomized
 `rank` singular triplets give lora_up = U sqrt(S) and lora_down = sqrt(S) Vh
 (a conv's down reshaped back to [rank, in, kh, kw], its up to [out, rank, 1, 1]), alpha = rank
 (scale 1). A module whose difference is exactly zero (a frozen text encoder) is left out.
+The tensors no LoRA targets (norms, biases, embeddings, the VAE) are compared too: those
+that differ are counted, as what the LoRA cannot carry.
 
 Streaming: one tensor pair is read at a time through the validated safetensors reader; only
 the small factors are kept. The relative Frobenius error ||D - up @ down|| / ||D|| is measured
@@ -36,7 +38,7 @@ from tagtune.models.load import file_configs
 from tagtune.models.lora_format import LoraModule, write_lora
 from tagtune.models.lora_single_file import check_file_targets, file_targets
 from tagtune.models.modelspec import HASH_KEY, modelspec_metadata
-from tagtune.models.safetensors_io import read_tensor
+from tagtune.models.safetensors_io import Header, read_tensor
 from tagtune.models.save import parse_dtype
 from tagtune.outputs import claim_output
 
@@ -108,11 +110,14 @@ class ExtractResult:
     seconds: float
     parents: dict[str, dict[str, str]]
     module_errors: dict[str, float] = field(default_factory=dict)
+    other_changed: list[str] = field(default_factory=list)
+    """Tensors outside every LoRA target that differ (norms, biases, embeddings, ...)."""
 
     def to_json(self) -> dict:
         """The result as plain data (`--json`)."""
         return {
             "path": str(self.path),
+            "other_changed": len(self.other_changed),
             "groups": [g.to_json() for g in self.groups],
             "overall": self.overall.to_json(),
             "seconds": round(self.seconds, 3),
@@ -197,6 +202,12 @@ def _parents(paths: dict[str, Path], hash_parents: bool) -> dict[str, dict[str, 
             entry.update(sha256=str(h["sha256"]), autov2=str(h["autov2"]))
         out[role] = entry
     return out
+
+
+def _changed_tensors(ht: Header, hb: Header, keys: list[str]) -> list[str]:
+    """The tensors of `keys` whose bytes differ between the two files, read one at a time."""
+    order = sorted(keys, key=lambda k: ht.tensors[k].begin)
+    return [k for k in order if not torch.equal(read_tensor(ht, k), read_tensor(hb, k))]
 
 
 def lora_metadata(
@@ -323,6 +334,8 @@ def extract_lora(
         if progress:
             progress(i + 1, len(todo))
     cached = None
+    used = {targets[n].key for n in targets}
+    other = [k for k in ht.tensors if k not in used]
     if not modules:
         raise InputError(
             "the two checkpoints do not differ in any LoRA target; nothing to extract",
@@ -339,4 +352,5 @@ def extract_lora(
         seconds=time.perf_counter() - start,
         parents=parents,
         module_errors=errors,
+        other_changed=_changed_tensors(ht, hb, other),
     )

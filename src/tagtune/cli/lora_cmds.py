@@ -88,6 +88,11 @@ def register(app: typer.Typer) -> None:
             print_json(result.to_json())
             return
         console.print(_error_table(result))
+        if result.other_changed:
+            console.print(
+                f"{len(result.other_changed)} other tensors differ and are not in the LoRA "
+                f"(no LoRA module holds them), first: {result.other_changed[0]}"
+            )
         console.print(
             Text.assemble("wrote ", (str(result.path), "bold"), f" ({result.seconds:.1f} s)")
         )
