@@ -204,10 +204,37 @@ def _parents(paths: dict[str, Path], hash_parents: bool) -> dict[str, dict[str, 
     return out
 
 
+COMPARE_BYTES = 8 << 20
+"""Bytes compared at a time when looking for changed tensors outside the LoRA targets."""
+
+
+def _same_bytes(fa, fb, a: int, b: int, n: int, bufs: tuple[bytearray, bytearray]) -> bool:
+    for off in range(0, n, COMPARE_BYTES):
+        k = min(COMPARE_BYTES, n - off)
+        fa.seek(a + off)
+        fb.seek(b + off)
+        va, vb = memoryview(bufs[0])[:k], memoryview(bufs[1])[:k]
+        if fa.readinto(va) != k or fb.readinto(vb) != k or va != vb:
+            return False
+    return True
+
+
 def _changed_tensors(ht: Header, hb: Header, keys: list[str]) -> list[str]:
-    """The tensors of `keys` whose bytes differ between the two files, read one at a time."""
-    order = sorted(keys, key=lambda k: ht.tensors[k].begin)
-    return [k for k in order if not torch.equal(read_tensor(ht, k), read_tensor(hb, k))]
+    """The tensors of `keys` that differ between the two files, compared piece by piece
+    (two reused buffers: memory stays flat whatever the tensor sizes)."""
+    bufs = (bytearray(COMPARE_BYTES), bytearray(COMPARE_BYTES))
+    changed = []
+    with open(ht.path, "rb") as fa, open(hb.path, "rb") as fb:
+        for key in sorted(keys, key=lambda k: ht.tensors[k].begin):
+            ia, ib = ht.tensors[key], hb.tensors[key]
+            if ia.dtype != ib.dtype:
+                same = torch.equal(read_tensor(ht, key).float(), read_tensor(hb, key).float())
+            else:
+                start_a, start_b = ht.data_start + ia.begin, hb.data_start + ib.begin
+                same = _same_bytes(fa, fb, start_a, start_b, ia.nbytes, bufs)
+            if not same:
+                changed.append(key)
+    return changed
 
 
 def lora_metadata(
