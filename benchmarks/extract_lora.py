@@ -29,7 +29,7 @@ from merge import sdxl_layout, write_synthetic  # noqa: E402
 CHILD = """
 import json, resource, sys, time
 import torch
-from tagtune.lora_extract import extract_lora
+from tagtune.merge.lora_extract import extract_lora
 from tagtune.models.configs import sdxl_base_configs
 from tagtune.models.lora_single_file import file_targets
 file_targets(sdxl_base_configs())  # warm the imports and the meta-model build

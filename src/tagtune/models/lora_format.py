@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import InputError, ModelFileError
+from tagtune.core.errors import InputError, ModelFileError
+from tagtune.core.outputs import Inputs, claim_output
 from tagtune.models.lora_names import (
     COMPONENTS,
     kohya_name,
@@ -29,7 +30,6 @@ from tagtune.models.lora_names import (
     lora_targets,
 )
 from tagtune.models.safetensors_io import read_header, read_tensor, write_safetensors
-from tagtune.outputs import Inputs, claim_output
 
 __all__ = [
     "LoraModule",

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tagtune.errors import ModelFileError
+from tagtune.core.errors import ModelFileError
 from tagtune.models import keys
 
 COMPONENTS: dict[str, str] = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tagtune.errors import ModelFileError
+from tagtune.core.errors import ModelFileError
 from tagtune.models import keys
 from tagtune.models.components import SDXLComponents
 from tagtune.models.load import checked_empty_module
