@@ -298,3 +298,45 @@ def test_golden_header_says_how_it_was_made():
     head = [line for line in GOLDEN.read_text().splitlines() if line.startswith("#")]
     assert any("scripts/sdxl_lora_keys.py" in line for line in head)
     json.dumps(golden())  # parseable rows
+
+
+def test_a_locon_file_from_another_trainer_maps_every_key(tiny_components, tmp_path):
+    """sd-scripts' LoCon names (resnet convs, emb_layers, skip_connection, downsampler op,
+    upsampler conv), a LyCORIS Tucker mid, alphas as 0-d fp16 and 1-element fp32, mixed
+    dtypes, no text encoder part: every key maps and lands on the right weight."""
+    unet = tiny_components.unet
+    g = torch.Generator().manual_seed(9)
+    paths = {
+        "lora_unet_input_blocks_1_0_in_layers_2": "down_blocks.0.resnets.0.conv1",
+        "lora_unet_input_blocks_4_0_emb_layers_1": "down_blocks.1.resnets.0.time_emb_proj",
+        "lora_unet_input_blocks_4_0_skip_connection": "down_blocks.1.resnets.0.conv_shortcut",
+        "lora_unet_input_blocks_3_0_op": "down_blocks.0.downsamplers.0.conv",
+        "lora_unet_output_blocks_2_2_conv": "up_blocks.0.upsamplers.0.conv",
+        "lora_unet_output_blocks_8_0_out_layers_3": "up_blocks.2.resnets.2.conv2",
+    }
+    tensors = {}
+    for i, (name, path) in enumerate(paths.items()):
+        w = unet.get_submodule(path).weight
+        kernel = list(w.shape[2:])
+        dtype = (torch.float16, torch.bfloat16, torch.float32)[i % 3]
+        if name.endswith("out_layers_3"):  # Tucker: 1x1 down, 3x3 mid
+            tensors[f"{name}.lora_down.weight"] = torch.randn(2, w.shape[1], 1, 1, generator=g)
+            tensors[f"{name}.lora_mid.weight"] = torch.randn(2, 2, *kernel, generator=g)
+        else:
+            tensors[f"{name}.lora_down.weight"] = torch.randn(2, w.shape[1], *kernel, generator=g)
+        up_shape = (w.shape[0], 2, 1, 1) if w.ndim == 4 else (w.shape[0], 2)
+        tensors[f"{name}.lora_up.weight"] = torch.randn(up_shape, generator=g)
+        alpha = torch.tensor(1.0, dtype=torch.float16) if i % 2 else torch.tensor([1.0])
+        tensors[f"{name}.alpha"] = alpha
+        tensors = {k: (v.to(dtype) if "alpha" not in k else v) for k, v in tensors.items()}
+    path = tmp_path / "locon.safetensors"
+    write_safetensors(path, tensors)
+    modules, _ = read_lora(path)
+    before = {p: unet.get_submodule(p).weight.detach().clone() for p in paths.values()}
+    applied = apply_lora(tiny_components, [(modules, 1.0)])
+    assert sorted(applied) == sorted(paths)
+    for name, p in paths.items():
+        w = unet.get_submodule(p).weight
+        want = before[p] + lora_delta(modules[name], w.shape)
+        assert torch.allclose(w, want, atol=1e-5), name
+        assert not torch.equal(w, before[p])

@@ -59,6 +59,9 @@ def register(app: typer.Typer) -> None:
         tokenizers: Path | None = typer.Option(
             None, "--tokenizers", help="Folder with tokenizer/ and tokenizer_2/."
         ),
+        lora: list[str] = typer.Option(
+            [], "--lora", help="A kohya LoRA applied in memory: FILE or FILE:STRENGTH (repeatable)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Generate images; each PNG carries A1111 infotext (Model hash = AutoV2)."""
@@ -66,10 +69,11 @@ def register(app: typer.Typer) -> None:
 
         from tagtune.generate.pipeline import generate as run_generate
         from tagtune.generate.pipeline import params_from_png
+        from tagtune.models.lora_format import parse_lora_ref
 
         base = dict(DEFAULTS)
         if from_png is not None:
-            base.update(params_from_png(from_png))
+            base.update(params_from_png(from_png, loras_given=bool(lora)))
         elif prompt is None:
             raise InputError("a PROMPT is needed (or --from-png FILE)", field="PROMPT")
         given = {
@@ -93,6 +97,7 @@ def register(app: typer.Typer) -> None:
                 out_dir=out,
                 tokenizers=tokenizers,
                 progress=lambda done, _total: bar.update(task, completed=done),
+                loras=[parse_lora_ref(text) for text in lora],
                 **params,
             )
         if as_json:

@@ -4,4 +4,6 @@
 - `samplers`: the A1111 sampler names and their diffusers schedulers.
 - `prompt_parser`: `parse_prompt`, A1111 emphasis syntax.
 - `infotext`: the A1111 parameters text in each PNG (`write_png`, `read_png_infotext`).
+- `lora`: `--lora` files applied in memory and recorded as A1111 does (`load_loras`,
+  `with_loras`, `lora_use`).
 """

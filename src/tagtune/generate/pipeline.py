@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from tagtune.core.errors import DependencyError, InputError
 from tagtune.core.outputs import claim_output
 from tagtune.generate.infotext import Infotext, read_png_infotext, write_png
+from tagtune.generate.lora import load_loras, lora_tags, lora_use, strip_lora_tags, with_loras
 from tagtune.generate.prompt_parser import parse_prompt
 from tagtune.generate.samplers import SAMPLER_LABELS, SCHEDULERS, make_scheduler
 from tagtune.models.hashes import file_hashes
@@ -198,13 +199,15 @@ def generate(
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     cfg_rescale: float = 0.0,
+    loras: Sequence[tuple[str | Path, float]] = (),
 ) -> list[Path]:
     """Generate `n` images (seeds seed, seed+1, ...) and save PNGs carrying A1111 infotext.
 
     `model` is a checkpoint path (single file or diffusers folder), an SDXLComponents
     (tests pass the tiny model) or a LoadedModel. The scheduler follows the model's
     prediction type and zero terminal SNR (`make_scheduler`); the infotext names them and
-    `cfg_rescale` (guidance rescale, 0 to 1). Returns the written paths.
+    `cfg_rescale` (guidance rescale, 0 to 1). `loras` are (kohya LoRA file, strength)
+    pairs applied in memory (see `generate.lora`). Returns the written paths.
     """
     width, height = parse_size(size)
     if sampler not in SCHEDULERS:
@@ -221,7 +224,12 @@ def generate(
     seed = secrets.randbelow(MAX_SEED) if seed is None or seed < 0 else seed
     from tagtune.models.conditioning import check_clip_skip
 
+    used = load_loras(loras)
     loaded = load_for_generation(model, tokenizers, device)
+    owned = isinstance(model, str | Path)
+    loaded = LoadedModel(
+        with_loras(loaded.components, used, owned=owned), loaded.name, loaded.autov2
+    )
     check_clip_skip(loaded.components.text_encoder, loaded.components.text_encoder_2, clip_skip)
     pipe = build_pipeline(loaded.components, sampler, device)
     embeddings = prompt_embeddings(loaded.components, prompt, negative, clip_skip)
@@ -237,7 +245,7 @@ def generate(
         )
         image = render(pipe, embeddings, image_seed, steps, cfg, width, height, cfg_rescale)
         info = Infotext(
-            prompt=prompt,
+            prompt=prompt + lora_use(used).prompt_suffix,
             negative=negative,
             steps=steps,
             sampler=sampler,
@@ -250,6 +258,7 @@ def generate(
             clip_skip=clip_skip,
             cfg_rescale=cfg_rescale,
             **prediction_fields(loaded.components),
+            extra=lora_use(used).infotext_extra,
         )
         paths.append(write_png(image, target, info))
         if progress:
@@ -257,9 +266,22 @@ def generate(
     return paths
 
 
-def params_from_png(path: str | Path) -> dict[str, Any]:
-    """The generate() keyword arguments recorded in an image's infotext (for `--from-png`)."""
+def params_from_png(path: str | Path, loras_given: bool = False) -> dict[str, Any]:
+    """The generate() keyword arguments recorded in an image's infotext (for `--from-png`).
+
+    `<lora:...>` tags are taken out of the prompt; an image made with LoRAs needs them given
+    again (`loras_given`), as the infotext names them but cannot say where the files are.
+    """
     info = read_png_infotext(path)
+    used = lora_tags(info.prompt)
+    if used and not loras_given:
+        raise InputError(
+            "the image was made with LoRAs "
+            + ", ".join(f"{name} x {strength}" for name, strength in used)
+            + "; give their files again",
+            file=path,
+            field="loras",
+        )
     if info.sampler not in SCHEDULERS:
         raise InputError(
             "the image's sampler is not one tagtune runs",
@@ -270,7 +292,7 @@ def params_from_png(path: str | Path) -> dict[str, Any]:
         )
     rescale = {"cfg_rescale": info.cfg_rescale} if info.cfg_rescale else {}
     return {
-        "prompt": info.prompt,
+        "prompt": strip_lora_tags(info.prompt),
         "negative": info.negative,
         "steps": info.steps,
         "cfg": info.cfg,

@@ -13,6 +13,7 @@ The header metadata (`ss_*` keys kohya tools read, `modelspec.*`) is kept as giv
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tagtune.core.errors import ModelFileError
+from tagtune.core.errors import InputError, ModelFileError
 from tagtune.core.outputs import Inputs, claim_output
 from tagtune.models.lora_names import (
     COMPONENTS,
@@ -35,9 +36,11 @@ __all__ = [
     "apply_lora",
     "kohya_name",
     "delta_shape",
+    "fits_shape",
     "lora_delta",
     "lora_targets",
     "map_lora_names",
+    "parse_lora_ref",
     "read_lora",
     "write_lora",
 ]
@@ -97,6 +100,24 @@ def _check_module(name: str, m: LoraModule, path: Path | str | None = None) -> N
         or abs(m.alpha) == float("inf")
     ):
         raise bad(f"alpha {m.alpha!r} is not a finite number")
+
+
+def parse_lora_ref(text: str | Path) -> tuple[Path, float]:
+    """`FILE[:STRENGTH]` -> (file, strength); strength 1.0 when none is given.
+
+    Only a number after the last colon is a strength, so a path with a colon still works.
+    """
+    raw = str(text)
+    head, sep, tail = raw.rpartition(":")
+    if sep and head:
+        try:
+            strength = float(tail)
+        except ValueError:
+            return Path(raw), 1.0
+        if not math.isfinite(strength):
+            raise InputError("strength must be a finite number", field="lora", value=raw)
+        return Path(head), strength
+    return Path(raw), 1.0
 
 
 def write_lora(
@@ -216,14 +237,14 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape[:2]) if tuple(shape[2:]) in ((), (1, 1)) else tuple(shape)
 
 
-def _fits(m: LoraModule, shape: tuple[int, ...] | torch.Size) -> bool:
+def fits_shape(m: LoraModule, shape: tuple[int, ...] | torch.Size) -> bool:
     """Whether the update fits a weight of `shape` (a linear update fits a 1x1 conv too)."""
     return _squeezed(delta_shape(m)) == _squeezed(tuple(shape))
 
 
 def lora_delta(m: LoraModule, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     """(alpha / rank) * up @ (mid) @ down as a float32 tensor of the target weight's `shape`."""
-    if not _fits(m, shape):
+    if not fits_shape(m, shape):
         raise ModelFileError(
             f"LoRA update of shape {list(delta_shape(m))} does not fit the weight's {list(shape)}"
         )
@@ -283,7 +304,7 @@ def apply_lora(
         for name, target in mapped.items():
             component, module_path = targets[target]
             module = getattr(components, COMPONENTS[component]).get_submodule(module_path)
-            if not _fits(modules[name], tuple(module.weight.shape)):
+            if not fits_shape(modules[name], tuple(module.weight.shape)):
                 raise ModelFileError(
                     f"update of shape {list(delta_shape(modules[name]))} does not fit the "
                     f"weight's {list(module.weight.shape)}",
