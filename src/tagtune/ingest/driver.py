@@ -17,6 +17,7 @@ import duckdb
 
 from tagtune.catalog import open_catalog
 from tagtune.errors import InputError
+from tagtune.ingest.caption_posts import finish_caption_files, scan_caption_files
 from tagtune.ingest.favorites import FavoritesResult, mark_favorites
 from tagtune.ingest.images import index_images
 from tagtune.ingest.normalize import (
@@ -166,10 +167,14 @@ def ingest_source(
     # zstd for this write: about a third less CPU than the default string compression on
     # raw JSON, and a smaller file
     con.execute("SET force_compression = 'zstd'")
+    scan = scan_caption_files(source, kind, recipe.ingest.caption_files)
     try:
         problems = _fast_jsonl(con, source, key, recipe, images, progress)
-        if problems is None:
-            problems = _careful(con, source, kind, key, recipe, images, progress)
+        if problems is None and kind != "dataset-toml":
+            skip = {str(i.image) for i in scan.images} if scan else set()
+            problems = _careful(con, source, kind, key, recipe, images, progress, skip)
+        if scan is not None:
+            problems = finish_caption_files(con, scan, key, kind, recipe, problems or [], progress)
     finally:
         con.execute("RESET force_compression")
         _drop_raw(con)
@@ -210,11 +215,16 @@ def _careful(
     recipe: Recipe,
     images: Path | None,
     progress: Any,
+    skip: set[str] | None = None,
 ) -> list[Problem]:
-    """Any source, any mess: bad lines skipped and named, ids checked first, then written."""
+    """Any source, any mess: bad lines skipped and named, ids checked first, then written.
+    `skip`: images of a folder that are read as caption-file posts instead."""
     _drop_raw(con)
     # read first, outside the transaction: a probe DuckDB rejects must not abort it
-    problems = read_folder(con, source) if kind == "folder" else read_dump(con, source, kind)
+    if kind == "folder":
+        problems = read_folder(con, source, skip or ())
+    else:
+        problems = read_dump(con, source, kind)
     if not _has_raw(con):
         with transaction(con):
             record_problems(con, key, problems)
