@@ -148,7 +148,22 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     if not read_only:
         con.execute(SCHEMA)
         con.execute(MIGRATIONS)
+    elif _needs_migration(con):  # migrate once, then read as asked
+        con.close()
+        connect(path).close()
+        return connect(path, read_only=True)
     return con
+
+
+def _needs_migration(con: duckdb.DuckDBPyConnection) -> bool:
+    """True for a catalog whose posts table lacks a column MIGRATIONS adds."""
+    cols = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'posts'"
+        ).fetchall()
+    }
+    return bool(cols) and "keep_tokens" not in cols
 
 
 @contextlib.contextmanager

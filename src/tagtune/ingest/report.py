@@ -78,15 +78,6 @@ def origin_status(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """`origins`: per origin, posts, included posts and images; `folders`: per folder of
     caption-file posts, included posts, their repeats and concept; `caption_files`: per
     SOURCE, what its caption files did (`ingest.caption_files`: which won over metadata)."""
-    cols = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'posts'"
-    ).fetchall()}  # fmt: skip
-    if "origin" not in cols:  # a catalog from before caption-file posts: all Danbooru
-        rows = con.execute(
-            "SELECT 'danbooru', count(*), count(*) FILTER (WHERE excluded IS NULL), "
-            "count(f.post_id) FROM posts LEFT JOIN files f ON f.post_id = posts.id"
-        ).fetchall()
-        return {"origins": _origins(rows), "folders": {}, "caption_files": {}}
     rows = con.execute(
         "SELECT coalesce(origin, 'danbooru'), count(*), count(*) FILTER (WHERE excluded IS NULL), "
         "count(f.post_id) FROM posts LEFT JOIN files f ON f.post_id = posts.id GROUP BY ALL"
