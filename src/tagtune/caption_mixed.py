@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tagtune.caption_fast import CaptionArrays, build_caption_arrays
+from tagtune import caption_fast
+from tagtune.caption_fast import CaptionArrays
 from tagtune.captions import build_file_caption
 from tagtune.recipe import CaptionConfig, SafetyConfig
 from tagtune.tokens import TokenCounter
@@ -56,12 +57,12 @@ def build_mixed_caption_arrays(
     """Captions of every row of `table` (Danbooru and caption-file posts), in row order."""
     is_file = _file_rows(table)
     if not is_file.any():
-        return build_caption_arrays(table, cfg, counter, safety)
+        return caption_fast.build_caption_arrays(table, cfg, counter, safety)
     meta_rows, file_rows = np.flatnonzero(~is_file), np.flatnonzero(is_file)
     files = file_caption_arrays(table.take(pa.array(file_rows)), cfg, counter, safety)
     if not len(meta_rows):
         return files
-    meta = build_caption_arrays(table.take(pa.array(meta_rows)), cfg, counter, safety)
+    meta = caption_fast.build_caption_arrays(table.take(pa.array(meta_rows)), cfg, counter, safety)
     order = np.concatenate([meta_rows, file_rows])
     back = pa.array(np.argsort(order, kind="stable"))
     groups = meta.groups.cast(_LIST)
