@@ -211,11 +211,12 @@ def test_conditional_tags_block_caption_file_posts_which_have_no_rating(tmp_path
 
 
 def test_a_tag_added_to_the_recipe_later_excludes_the_caption_at_caption_time(tmp_path):
+    """The caption is judged again on its tags and the word runs inside them (free text)."""
     data = make_kohya_folder(tmp_path)
     ws = new_ws(tmp_path / "ws")
     ingest(ws, [data])
     recipe = ws.recipe()
-    recipe.safety.extra_blocked_tags = ["yellow star"]
+    recipe.safety.extra_blocked_tags = ["star"]  # a word inside the tag `yellow star`
     (ws.root / "tagtune.toml").unlink()
     ws = init_workspace(ws.root, recipe)
     build_captions(ws)
