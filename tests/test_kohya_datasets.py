@@ -3,6 +3,7 @@ from ingest to the step plan (issue 18). The end-to-end training test is in test
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -109,6 +110,11 @@ POST_FACTS = (
 def test_caption_text_keeps_the_order_and_gives_danbooru_tags(text, caption, danbooru):
     read = read_caption_text(text, ",", LISTED)
     assert (read.caption, read.danbooru) == (caption, danbooru)
+
+
+def test_caption_prefix_suffix_and_separator_as_sd_scripts_reads_them():
+    read = read_caption_text("a b; c", ";", LISTED, prefix="sks; ", suffix="; end")
+    assert read.caption == ["sks", "a b", "c", "end"]
 
 
 @pytest.mark.parametrize(
@@ -346,8 +352,11 @@ def test_danbooru_and_kohya_posts_mix_in_one_catalog(tmp_path):
     data = make_kohya_folder(tmp_path)
     danbooru = _danbooru_beside_a_txt(tmp_path)
     ws = new_ws(tmp_path / "ws")
-    ingest(ws, [danbooru, data / "dataset.toml"])
+    fav = tmp_path / "favorites.txt"
+    fav.write_text(hashlib.md5((data / "2_other" / "b0.png").read_bytes()).hexdigest() + "\n7\n")
+    ingest(ws, [danbooru, data / "dataset.toml"], favorites=fav)
     status = read_status(ws)
+    assert status["favorites"] == 2  # a caption-file post by its image's md5, a Danbooru id
     assert {o: c["included"] for o, c in status["origins"].items()} == {
         "danbooru": 1, "kohya-folder": 1, "dataset-toml": 4}  # fmt: skip
     assert status["folders"]["3_mychar"] == {"posts": 2, "repeats": 3, "concept": "mychar"}
