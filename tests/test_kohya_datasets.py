@@ -177,6 +177,9 @@ def test_a_kohya_folder_ingests_with_repeats_concepts_and_file_order(tmp_path):
     again = ingest(ws, [data])  # re-ingesting the same folder adds nothing
     assert again["added"][str(data.resolve())]["posts"] == 0
     assert again["posts"] == 4
+    summary = build_captions(ws, sidecars=True)  # never over the user's own caption files
+    assert (summary.captions, summary.sidecars) == (4, 0)
+    assert (data / "3_mychar" / "a0.txt").read_text() == CAPTIONS["3_mychar/a0.txt"]
 
 
 def test_a_dataset_toml_gives_the_same_catalog_as_the_folder(tmp_path):

@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
         ws: Path = typer.Argument(..., metavar="WS", help="Workspace folder."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Counts in the catalog: posts, images, favorites, per rating, per year, problems."""
+        """Counts in the catalog: posts, images, favorites, per source, per rating, per year, problems."""
         from rich.table import Table
 
         from tagtune.ingest import read_status
