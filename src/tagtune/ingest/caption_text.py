@@ -41,7 +41,7 @@ class CaptionText:
 
 def _pieces(text: str, separator: str) -> list[str]:
     sep = separator.strip() or separator
-    return [p for p in text.split(sep)] if sep else [text]
+    return text.split(sep) if sep else [text]
 
 
 def word_runs(tag: str) -> Iterator[str]:
