@@ -22,19 +22,14 @@ from typing import Any
 
 import duckdb
 
+from tagtune.core.catalog import transaction
+from tagtune.core.untrusted import NOT_REGULAR, NotRegularFile, read_regular
 from tagtune.ingest.caption_text import read_caption_text
 from tagtune.ingest.kohya import CaptionImage, CaptionScan, read_dataset_toml, scan_folder
+from tagtune.ingest.safety import blocked_lists, blocked_reason
 from tagtune.ingest.sources import Problem
-from tagtune.ingest.writes import (
-    FILE_COLUMNS,
-    check_files,
-    insert_rows,
-    record_problems,
-    transaction,
-)
-from tagtune.recipe import Recipe
-from tagtune.safety import blocked_lists, blocked_reason
-from tagtune.untrusted import NOT_REGULAR, NotRegularFile, read_regular
+from tagtune.ingest.writes import FILE_COLUMNS, check_files, insert_rows, record_problems
+from tagtune.recipe.model import Recipe
 
 MAX_CAPTION_BYTES = 256 * 1024
 """A caption is a few hundred bytes; a larger caption file is refused (`bad-caption`)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
-from tagtune.tag_normalize import clean_text, filter_key
+from tagtune.ingest.tag_normalize import clean_text, filter_key
 
 NGRAM_WORDS = 3
 """Longest run of words inside one caption tag that is compared with the safety lists (the

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
+from tagtune.core.untrusted import NOT_REGULAR, NotRegularFile, read_regular
 from tagtune.ingest.images import MEDIA_EXTS
 from tagtune.ingest.sources import Problem
-from tagtune.untrusted import NOT_REGULAR, NotRegularFile, read_regular
 
 CAPTION_EXTS = (".txt", ".caption")
 """Caption file extensions read in a folder SOURCE, in this order (`.txt` wins when both)."""

@@ -1,9 +1,8 @@
 """Writes into the catalog that every reader shares: bulk inserts, one transaction per
-source, the image checks of a source's candidate files, and its problem rows."""
+source's writes, the image checks of a source's candidate files, and its problem rows."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -11,7 +10,7 @@ import duckdb
 
 from tagtune.ingest.images import check_images
 from tagtune.ingest.sources import Problem
-from tagtune.recipe import Recipe
+from tagtune.recipe.model import Recipe
 
 
 def insert_rows(
@@ -28,18 +27,6 @@ def insert_rows(
         con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM _rows_py")
     finally:
         con.unregister("_rows_py")
-
-
-@contextlib.contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """BEGIN ... COMMIT, or ROLLBACK on any error: a source is ingested whole or not at all."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
 
 
 def track(progress: Any, items: Iterable, total: int, description: str) -> Iterator:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tagtune.recipe import StageConfig, TrainConfig
+from tagtune.recipe.model import StageConfig, TrainConfig
 
 GIB = 1024**3
 PARAMS = {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840}

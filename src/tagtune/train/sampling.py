@@ -1,6 +1,6 @@
 """Sample images during training: seeded, PNG with A1111 infotext, and a grid per epoch.
 
-Built from the in-memory components (no copy of the weights) by `tagtune.generate` (Euler
+Built from the in-memory components (no copy of the weights) by `tagtune.generate.pipeline` (Euler
 scheduler), so samples condition prompts exactly as `tagtune generate` does.
 """
 
@@ -14,8 +14,12 @@ from typing import Any
 
 import torch
 
-from tagtune.recipe import Recipe, StageConfig, TrainConfig
-from tagtune.workspace import Workspace
+from tagtune.core.atomic import atomic_path
+from tagtune.core.workspace import Workspace
+from tagtune.generate.infotext import Infotext, write_png
+from tagtune.generate.pipeline import build_pipeline, prompt_embeddings, render
+from tagtune.recipe.model import Recipe, StageConfig, TrainConfig
+from tagtune.train.export_file import export_components
 
 CFG_SCALE = 7.0
 SAMPLER = "euler"
@@ -27,12 +31,10 @@ def sample_images(
 ) -> list[Path]:
     """One PNG per `cfg.sample_prompts` (seed = train seed + prompt index) and `grid.png`.
 
-    The pipeline and the prompt embeddings come from `tagtune.generate` (sampler "euler", on
+    The pipeline and the prompt embeddings come from `tagtune.generate.pipeline` (sampler "euler", on
     the device the U-Net is on), so a sample and `tagtune generate` with the same prompt,
     seed and settings condition the prompt identically (emphasis, long prompts).
     """
-    from tagtune.generate import build_pipeline
-    from tagtune.infotext import write_png
 
     base_seed = cfg.seed if seed is None else seed
     paths, images = [], []
@@ -51,8 +53,6 @@ def _sample_one(
     components: Any, cfg: TrainConfig, pipe: Any, prompt: str, seed: int, label: str
 ) -> tuple[Any, Any]:
     """(infotext, image) of one sample."""
-    from tagtune.generate import prompt_embeddings, render
-    from tagtune.infotext import Infotext
 
     width, height = cfg.sample_size
     with mixed_dtype_autocast(components):
@@ -106,8 +106,6 @@ def save_grid(images: list[Any], path: Path) -> Path:
     """Paste images into a near-square grid PNG (atomically)."""
     from PIL import Image
 
-    from tagtune.atomic import atomic_path
-
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     w, h = images[0].size
@@ -134,8 +132,6 @@ def epoch_hook(
             label = f"{recipe.project.name}-{stage.name}-e{epoch}"
             sample_images(components, cfg, stage_dir / "samples" / f"epoch-{epoch:03d}", label)
         if cfg.export_every_epoch:
-            from tagtune.train.export import export_components
-
             out = (
                 stage_dir
                 / "exports"
