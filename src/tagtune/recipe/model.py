@@ -241,7 +241,8 @@ class StageConfig(Strict):
     epochs: int = Field(default=1, ge=1)
     """Passes over the subset."""
     repeats: int = Field(default=1, ge=1)
-    """Times each image is seen per epoch."""
+    """Times each image is seen per epoch; multiplies an image's own repeats (a kohya-style
+    folder `10_mychar` gives 10: with repeats 2 such an image is seen 20 times)."""
     batch_size: int = Field(default=4, ge=1)
     """Images per optimizer step per process (before gradient accumulation)."""
     gradient_accumulation: int = Field(default=1, ge=1)
