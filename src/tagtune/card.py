@@ -283,6 +283,25 @@ def _validation_section(stages: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _type_rows(export: dict[str, Any], base_text: str) -> list[list[Any]]:
+    """The card's "Type" row: a full fine-tune, or a LoRA with its rank, alpha and base."""
+    lora = export.get("lora")
+    if not lora:
+        return [["Type", MODEL_TYPE]]
+    after = [s for s in lora.get("starts_from", []) if s != "base"]
+    base = base_text + (f" + stages {', '.join(after)}" if after else "")
+    return [
+        ["Type", f"LoRA (kohya format), SDXL 1.0; rank {lora['rank']}, alpha {lora['alpha']:g}"],
+        ["LoRA for", base],
+    ]
+
+
+def _lora_usage(export: dict[str, Any], file_name: str) -> list[str]:
+    if not export.get("lora"):
+        return []
+    return [f"- Load it as a LoRA on its base model: `<lora:{Path(file_name).stem}:1>`"]
+
+
 def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -314,7 +333,7 @@ def render_card(
             [
                 ["Base model", base_text],
                 *vae_rows,
-                ["Type", MODEL_TYPE],
+                *_type_rows(record.get("export") or {}, base_text),
                 ["Training steps", totals["steps"]],
                 ["Epochs", totals["epochs"]],
                 ["Images", totals["images"]],
@@ -368,6 +387,7 @@ def render_card(
         "",
         "## Usage tips",
         "",
+        *_lora_usage(record.get("export") or {}, file_name),
         f"- Clip skip: {export['clip_skip']}",
         f"- Negative prompt: `{export['negative_prompt']}`",
         "- Resolution: {}x{} (or an SDXL bucket of the same area)".format(*export["resolution"]),

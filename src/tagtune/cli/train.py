@@ -88,8 +88,8 @@ def _print_plan(result: dict) -> None:
     for s in result["stages"]:
         table.add_row(
             s["name"], _images_cell(s["images"], s.get("images_per_epoch", s["images"])),
-            str(s["epochs"]), str(s["steps_per_epoch"]),
-            str(s["steps"]), str(s["warmup_steps"]), s["optimizer"],
+            str(s["epochs"]), str(s["steps_per_epoch"]), str(s["steps"]), str(s["warmup_steps"]),
+            s["optimizer"] + (f", {s['method']}" if s.get("method", "full") != "full" else ""),
             f"{s['memory_gib_estimate']['total']:.1f}",
         )  # fmt: skip
     console.print(table)

@@ -250,3 +250,11 @@ def vae_diffusers_to_ldm_unprefixed(
 ) -> dict:
     """Like `vae_to_ldm`, without the `first_stage_model.` prefix (bare VAE files)."""
     return {k.removeprefix(VAE_PREFIX): v for k, v in vae_to_ldm(state_dict, config).items()}
+
+
+def unet_ldm_key(key: str, rows: list[tuple[str, str, dict[str, str]]]) -> str | None:
+    """The single-file name (without `model.diffusion_model.`) of one diffusers U-Net key.
+
+    `rows` is `unet_block_prefixes(config)`; None when the key has no single-file name.
+    """
+    return _map_by_prefix(key, rows)

@@ -20,6 +20,7 @@ from tagtune.core.errors import RecipeError
 from tagtune.core.untrusted import read_regular
 from tagtune.core.workspace import RECIPE_FILE
 from tagtune.recipe.errors import recipe_error
+from tagtune.recipe.lora import LoraConfig, check_stage_method
 from tagtune.recipe.validation import ValidationConfig
 
 SCHEMA_VERSION = 1
@@ -236,6 +237,10 @@ class BucketConfig(Strict):
 class StageConfig(Strict):
     name: str
     """Stage name; its outputs go to runs/<run>/<name>/."""
+    method: Literal["full", "lora"] = "full"
+    """How the stage trains: "full" every weight of each module with lr > 0, "lora" a LoRA."""
+    lora: LoraConfig | None = None
+    """The LoRA of a method = "lora" stage (defaults when omitted)."""
     subset: str = "all"
     """Posts to train on: "all", "favorites", or a SQL WHERE over the posts table."""
     epochs: int = Field(default=1, ge=1)
@@ -286,6 +291,7 @@ class StageConfig(Strict):
 
     @model_validator(mode="after")
     def _rules(self) -> StageConfig:
+        check_stage_method(self.name, self.method, self.lora)
         if self.warmup_ratio and self.warmup_steps:
             raise ValueError(
                 f"stage {self.name!r}: set warmup_ratio ({self.warmup_ratio}) or warmup_steps "

@@ -55,8 +55,10 @@ def export_model(
     """Export the run's last completed stage (or `stage`) to `WS/out/<project.name>.safetensors`.
 
     Every stage up to it must still have its final state (a TrainingError names the stage and
-    the folder otherwise: never the base weights in their place). An existing output is
-    replaced only with `force`; the base model and the other inputs never are. The model is
+    the folder otherwise: never the base weights in their place). A LoRA stage exports as a
+    kohya LoRA file (`tagtune.train.lora_export`, default name `<project.name>-lora`) holding
+    the stage's LoRA alone. An existing output is replaced only with `force`; the base model
+    and the other inputs never are. The model is
     the recipe's (`load_recipe_model`: `model.vae` baked in), so the file carries the VAE the
     latents were made with; run.json's export record names it.
     """
@@ -79,7 +81,10 @@ def export_model(
             "stage is not complete", field="stage", value=target, allowed=", ".join(names)
         )
     states = {s["name"]: stages.final_state_path(ws, s) for s in done[: names.index(target) + 1]}
-    out = Path(out) if out else ws.out_dir / f"{recipe.project.name}.safetensors"
+    entry = done[names.index(target)]
+    lora = entry.get("settings", {}).get("method") == "lora"  # a kohya LoRA file instead
+    stem = recipe.project.name + ("-lora" if lora else "")
+    out = Path(out) if out else ws.out_dir / f"{stem}.safetensors"
     inputs = [
         *model_inputs(ws, recipe),
         *((f"the final state of stage {name!r}", path) for name, path in states.items()),
@@ -87,6 +92,14 @@ def export_model(
         *ws.inputs(),
     ]
     claim_output(out, force=force, inputs=inputs)
+    if lora:
+        from tagtune.train.lora_export import export_lora
+
+        path, info = export_lora(
+            ws, recipe, record, entry, states[target], out, dtype or recipe.export.dtype,
+            earlier=names[: names.index(target)],
+        )  # fmt: skip
+        return _record_export(ws, run_dir, record, path, target, {"lora": info})
     components = components if components is not None else stages.load_base(ws, recipe)
     for path in states.values():
         stages.apply_stage_weights(components, path)
@@ -95,12 +108,24 @@ def export_model(
         "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),
     }
     path = export_components(components, out, recipe, dtype or recipe.export.dtype, extra)
+    vae = vae_source_of(components).to_json()
+    return _record_export(ws, run_dir, record, path, target, {"vae": vae})
+
+
+def _record_export(
+    ws: Workspace,
+    run_dir: Path,
+    record: dict[str, Any],
+    path: Path,
+    stage: str,
+    extra: dict[str, Any],
+) -> ExportResult:
+    """Hash the exported file and record it in run.json (path, hashes, VAE or LoRA)."""
     hashes = {k: v for k, v in file_hashes(path).items() if v is not None}  # as in run.json
     try:
         shown = path.resolve().relative_to(ws.root.resolve()).as_posix()
     except ValueError:
         shown = str(path)
-    vae = vae_source_of(components).to_json()
-    record["export"] = {"path": shown, "hashes": hashes, "vae": vae}
+    record["export"] = {"path": shown, "hashes": hashes, **extra}
     rec.write_run(run_dir, record)
-    return ExportResult(path, target, hashes)
+    return ExportResult(path, stage, hashes)

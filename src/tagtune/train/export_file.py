@@ -44,7 +44,8 @@ def training_summary(record: dict[str, Any]) -> dict[str, Any]:
     keep = ("name", "subset", "images", "epochs", "steps", "batch_size", "repeats")
     stages = [
         {**{k: s[k] for k in keep}, "optimizer": s["settings"]["optimizer"],
-         "lr_unet": s["settings"]["lr_unet"], "lr_text_encoder": s["settings"]["lr_text_encoder"],
+         "method": s["settings"].get("method", "full"), "lr_unet": s["settings"]["lr_unet"],
+         "lr_text_encoder": s["settings"]["lr_text_encoder"],
          "lr_text_encoder_2": s["settings"]["lr_text_encoder_2"]}
         for s in record["stages"] if s["status"] == "complete"
     ]  # fmt: skip

@@ -29,6 +29,9 @@ from the configs in `tagtune/configs/sdxl-base`, not the model on disk). Its ter
 - overhead: the CUDA context and library workspaces, outside torch's allocator (what
   `torch.cuda.max_memory_allocated` does not see).
 
+A LoRA stage (`tagtune.train.lora_memory`): every weight frozen, plus the LoRA parameters,
+their gradients and optimizer state in place of the trained modules'; activations as above.
+
 It is an estimate, not a measurement: `benchmarks/gpu_check.py` measures one real-size step
 on a GPU against it.
 """
@@ -37,7 +40,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tagtune.recipe.lora import stage_lora
 from tagtune.recipe.model import StageConfig, TrainConfig
+from tagtune.train.lora_memory import largest_lora_tensor, lora_optimizer_bytes, lora_params
 
 GIB = 1024**3
 PARAMS = {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840}
@@ -86,6 +91,13 @@ def _lrs(stage: StageConfig) -> dict[str, float]:
             "text_encoder_2": stage.lr_text_encoder_2}  # fmt: skip
 
 
+def trained_parameters(stage: StageConfig) -> int:
+    """Parameters (elements) the stage trains in the real SDXL: whole modules, or its LoRA."""
+    trained = [m for m, lr in _lrs(stage).items() if lr > 0]
+    lora = stage_lora(stage)
+    return lora_params(lora, trained) if lora else sum(PARAMS[m] for m in trained)
+
+
 def optimizer_bytes(stage: StageConfig, trained: list[str]) -> float:
     """Bytes of optimizer state for the trained modules."""
     if stage.optimizer == "adafactor":
@@ -107,33 +119,46 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Estimate GPU memory (GiB) to train `stage` at 1024x1024 with the recipe's options.
 
-    See the module docstring for each term. With `zero_processes` N (DeepSpeed ZeRO-2) each
+    See the module docstring for each term (a LoRA stage trains only its adapters). With `zero_processes` N (DeepSpeed ZeRO-2) each
     process holds the trained weights in bf16 (or fp32 without mixed precision), 1/N of the
     fp32 master weights, gradients and optimizer states, and DeepSpeed's reduce buckets.
     """
-    if zero_processes:
+    lora = stage_lora(stage)
+    if zero_processes and lora is None:  # a LoRA stage never runs under DeepSpeed
         return _zero2_memory(stage, cfg, sampling, zero_processes)
     lrs = _lrs(stage)
     trained = [m for m, lr in lrs.items() if lr > 0]
     per_weight = 2 if cfg.weight_dtype == "bf16" else 4
-    largest = max((LARGEST_TENSOR[m] for m in trained), default=0)
+    # what trains: every weight of the trained modules, or a LoRA stage's adapters
+    count = {m: lora_params(lora, [m]) if lora else PARAMS[m] for m in trained}
+    largest = (
+        largest_lora_tensor(lora, trained)
+        if lora
+        else max((LARGEST_TENSOR[m] for m in trained), default=0)
+    )
     fused = cfg.fused_backward and stage.optimizer == "adafactor"
-    gradients = largest if fused else sum(PARAMS[m] for m in trained)
+    gradients = largest if fused else sum(count.values())
     if not cfg.gradient_checkpointing:
         at_peak = 0  # the activation peak comes before the backward pass makes gradients
     elif fused:
         at_peak = largest
     else:
-        at_peak = PARAMS["unet"] if "unet" in trained else 0
+        at_peak = count.get("unet", 0)
     activations = activation_gib(stage, cfg)
-    step = max(largest, STEP_CHUNK) * 12 if per_weight == 2 else largest * 4
+    chunk = min(STEP_CHUNK, sum(count.values()))  # a chunk never outgrows what trains
+    step = max(largest, chunk) * 12 if per_weight == 2 else largest * 4
     if fused:  # the step runs inside the backward pass, beside the activations
         activations += step / GIB
         step = 0
+    adapters = sum(count.values()) if lora else 0
+    opt = lora_optimizer_bytes(lora, trained, stage.optimizer) if lora else None
     return MemoryEstimate(
-        weights=(sum(PARAMS.values()) * per_weight + (VAE_PARAMS * 4 if sampling else 0)) / GIB,
+        weights=(
+            (sum(PARAMS.values()) + adapters) * per_weight + (VAE_PARAMS * 4 if sampling else 0)
+        )
+        / GIB,
         gradients=gradients * per_weight / GIB,
-        optimizer=optimizer_bytes(stage, trained) / GIB,
+        optimizer=(optimizer_bytes(stage, trained) if opt is None else opt) / GIB,
         activations=activations,
         overhead=CUDA_CONTEXT_GIB,
         step_buffers=step / GIB,

@@ -1,7 +1,8 @@
 """Optimizers, parameter groups and learning-rate schedules.
 
 Optimizers are a table (name -> constructor). Each trainable module (U-Net, text encoder 1,
-text encoder 2) is one parameter group with its own learning rate; a module with lr 0 is frozen:
+text encoder 2) is one parameter group with its own learning rate, holding what trains in it
+(every weight, or a LoRA stage's adapters); a module with lr 0 is frozen:
 requires_grad is off and it is not in the optimizer, so it stays bit-identical.
 
 Schedules are closed formulas of the optimizer step (the same ones diffusers' `get_scheduler`
@@ -18,6 +19,7 @@ import torch
 
 from tagtune.core.errors import DependencyError
 from tagtune.recipe.model import StageConfig
+from tagtune.train.lora import trainable_parameters
 
 TRAINABLE = ("unet", "text_encoder", "text_encoder_2")
 
@@ -32,11 +34,16 @@ def module_lrs(stage: StageConfig) -> dict[str, float]:
 
 
 def trainable_modules(modules: dict[str, torch.nn.Module], stage: StageConfig) -> dict[str, Any]:
-    """Set requires_grad and train/eval mode per module; return the modules that train (lr > 0)."""
+    """Set requires_grad and train/eval mode per module; return the modules that train (lr > 0).
+
+    What trains in a module is `trainable_parameters`: every weight, or its LoRA adapters.
+    """
     trained = {}
     for name, lr in module_lrs(stage).items():
         module = modules[name]
-        module.requires_grad_(lr > 0)
+        module.requires_grad_(False)
+        for p in trainable_parameters(module):
+            p.requires_grad_(lr > 0)
         module.train(lr > 0)
         if lr > 0:
             trained[name] = module
@@ -47,7 +54,7 @@ def param_groups(trained: dict[str, torch.nn.Module], stage: StageConfig) -> lis
     """One parameter group per trained module, named, with its base lr (used by the schedule)."""
     lrs = module_lrs(stage)
     return [
-        {"params": list(m.parameters()), "lr": lrs[n], "base_lr": lrs[n], "name": n}
+        {"params": trainable_parameters(m), "lr": lrs[n], "base_lr": lrs[n], "name": n}
         for n, m in trained.items()
     ]
 

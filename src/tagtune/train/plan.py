@@ -14,7 +14,7 @@ from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train.data import steps_per_epoch
-from tagtune.train.memory import estimate_memory
+from tagtune.train.memory import estimate_memory, trained_parameters
 from tagtune.train.optim import warmup_steps
 
 
@@ -80,6 +80,8 @@ def dry_run(
                 "steps": total,
                 "warmup_steps": warmup_steps(st, total),
                 "optimizer": st.optimizer,
+                "method": st.method,
+                "trained_parameters": trained_parameters(st),
                 "steps_from": source,
                 "memory_gib_estimate": mem.to_json(),
             }

@@ -20,6 +20,7 @@ from tagtune.generate.infotext import Infotext, write_png
 from tagtune.generate.pipeline import build_pipeline, prompt_embeddings, render
 from tagtune.recipe.model import Recipe, StageConfig, TrainConfig
 from tagtune.train.export_file import export_components
+from tagtune.train.lora_export import export_epoch_lora
 
 CFG_SCALE = 7.0
 SAMPLER = "euler"
@@ -137,6 +138,9 @@ def epoch_hook(
                 / "exports"
                 / f"{recipe.project.name}-{stage.name}-e{epoch:03d}.safetensors"
             )
-            export_components(components, out, recipe, dtype=recipe.export.dtype)
+            if stage.method == "lora":  # its LoRA as a kohya file (none for DoRA)
+                export_epoch_lora(components, stage, recipe, out, epoch, step)
+            else:
+                export_components(components, out, recipe, dtype=recipe.export.dtype)
 
     return hook

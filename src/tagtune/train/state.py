@@ -1,7 +1,8 @@
 """Resumable training state: safetensors + JSON only (never pickle), written atomically.
 
 A state folder `states/step-<N>/` holds
-- `<module>.safetensors` for every trained module (U-Net, text encoders),
+- `<module>.safetensors` for every trained module (U-Net, text encoders): what trains in it,
+  all its weights for a full stage, only the LoRA adapters for a LoRA stage,
 - `optimizer.safetensors` (every tensor of the optimizer state) + `optimizer.json` (the rest),
 - `rng.safetensors` (torch/cuda RNG of every process) + `state.json` (counters, data position,
   schedule step, grad scaler, numpy and python RNG of every process),
@@ -16,6 +17,7 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +122,7 @@ def save_state(
     target = Path(states_dir) / f"step-{step}"
     with atomic_dir(target, MARKER) as tmp:
         for name, module in modules.items():
-            weights = module.state_dict() if isinstance(module, torch.nn.Module) else module
+            weights = trained_weights(module) if isinstance(module, torch.nn.Module) else module
             sd = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
             save_file(sd, tmp / f"{name}.safetensors")
         if optimizer is not None:
@@ -152,7 +154,7 @@ def load_state(
     """Load a state into the modules (and optimizer); restore this rank's RNG; return its meta."""
     path = Path(path)
     for name, module in modules.items():
-        load_weights(path, name, module)
+        load_weights(path, name, module, keys=trained_weights(module).keys())
     meta = state_meta(path)
     if optimizer is not None:
         opt_meta = json.loads((path / "optimizer.json").read_text())
@@ -177,17 +179,38 @@ def state_meta(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "state.json").read_text())
 
 
-def load_weights(path: Path, name: str, module: torch.nn.Module) -> bool:
-    """Load `<name>.safetensors` of a state into `module` if the state has it (strict keys)."""
+def trained_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of a module's state dict that a state keeps: all but frozen parameters.
+
+    A full stage trains every parameter, so this is the whole state dict; a LoRA stage
+    (`tagtune.train.lora`) trains only its adapters, so a state holds only them.
+    """
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in module.state_dict().items() if k not in frozen}
+
+
+def load_weights(
+    path: Path, name: str, module: torch.nn.Module, keys: Collection[str] | None = None
+) -> bool:
+    """Load `<name>.safetensors` of a state into `module` if the state has it.
+
+    The file must hold exactly `keys` (default: the module's whole state dict), all of
+    them entries of the module; anything else is a TrainingError.
+    """
     file = Path(path) / f"{name}.safetensors"
     if not file.is_file():
         return False
-    missing, unexpected = module.load_state_dict(load_file(file), strict=False)
+    weights = load_file(file)
+    known = module.state_dict().keys()
+    wanted = set(known if keys is None else keys)
+    missing = wanted - weights.keys()
+    unexpected = weights.keys() - wanted
     if missing or unexpected:
         raise TrainingError(
             f"state does not fit the model ({len(missing)} missing, {len(unexpected)} unexpected keys)",
             file=file,
         )
+    module.load_state_dict(weights, strict=False)
     return True
 
 
