@@ -19,10 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from tagtune.captions.mixed import build_mixed_caption_arrays
 from tagtune.captions.rules import TAG_GROUPS, build_caption, explain_caption
 from tagtune.captions.sidecars import sync_sidecars
 from tagtune.captions.tokens import TokenCounter
-from tagtune.captions.write import ChunkWriter, chunk_tables, concat_chunks, write_jsonl
+from tagtune.captions.write import (
+    ChunkWriter,
+    chunk_tables,
+    concat_chunks,
+    write_jsonl,
+)
 from tagtune.core.atomic import atomic_path
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
@@ -42,7 +48,7 @@ HISTOGRAM_EDGES = tuple(range(0, 251, 25))
 
 POST_COLUMNS = (
     "id, md5, favorite, score, rating, created_at, date, tags_artist, tags_copyright, "
-    "tags_character, tags_general, tags_meta"
+    "tags_character, tags_general, tags_meta, caption_tags, keep_tokens"
 )
 
 Progress = Callable[[str, int, int], None]
@@ -55,7 +61,8 @@ def source_query(cfg: CaptionConfig) -> str:
     tag_cols = "".join(f", posts.tags_{g}" for g in cfg.order if g in TAG_GROUPS)
     return f"""
 SELECT posts.id, posts.md5, coalesce(posts.favorite, FALSE) AS favorite, files.path AS file,
-       posts.score, posts.rating, posts.rating_raw{tag_cols},
+       posts.score, posts.rating, posts.rating_raw{tag_cols}, posts.caption_tags,
+       posts.keep_tokens,
        coalesce(posts.date, TRY_CAST(nullif(regexp_extract(posts.created_at,
                 '^\\s*(\\d{{4}}-\\d{{2}}-\\d{{2}})', 1), '') AS DATE)) AS pdate
 FROM posts LEFT JOIN files ON files.post_id = posts.id
@@ -235,8 +242,6 @@ def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, json
     without: the summary counts only what is written). Returns the `CaptionArrays` of every
     chunk, in row order, and post id -> verdict of the posts left out.
     """
-    from tagtune.captions.fast import build_caption_arrays
-
     n = posts.num_rows
     starts = list(range(0, n, CHUNK_ROWS)) or [0]
     parts = []
@@ -249,7 +254,7 @@ def _build_and_write(con, posts, cfg: CaptionConfig, counter: TokenCounter, json
             lines = []
             for i, start in enumerate(starts):
                 chunk = posts.slice(start, CHUNK_ROWS)
-                res = build_caption_arrays(chunk, cfg, counter, safety)
+                res = build_mixed_caption_arrays(chunk, cfg, counter, safety)
                 if res.blocked:
                     chunk, res = _without_blocked(chunk, res, blocked, cfg, counter, safety)
                 parts.append(res)
@@ -276,14 +281,12 @@ def _without_blocked(chunk, res, blocked: dict[int, str], cfg: CaptionConfig,
     its captions built again."""
     import pyarrow as pa
 
-    from tagtune.captions.fast import build_caption_arrays
-
     ids = chunk.column("id").to_pylist()
     blocked.update({ids[row]: why for row, why in res.blocked.items()})
     keep = np.ones(chunk.num_rows, dtype=bool)
     keep[list(res.blocked)] = False
     chunk = chunk.filter(pa.array(keep))
-    return chunk, build_caption_arrays(chunk, cfg, counter, safety)
+    return chunk, build_mixed_caption_arrays(chunk, cfg, counter, safety)
 
 
 def _summarise(summary: CaptionSummary, cfg: CaptionConfig, posts, parts: list) -> None:
@@ -316,10 +319,13 @@ def _add_up(counts) -> dict:
 
 
 def _image_captions(posts, caption) -> list[tuple[int, str, str]]:
-    """(post id, image path, caption) of every post that has an image file."""
+    """(post id, image path, caption) of every post that has an image file, except
+    caption-file posts (their caption file is beside the image already)."""
     import pyarrow.compute as pc
 
     mask = pc.is_valid(posts.column("file")).combine_chunks()
+    if "caption_tags" in posts.column_names:
+        mask = pc.and_(mask, pc.is_null(posts.column("caption_tags")).combine_chunks())
     ids = posts.column("id").filter(mask).to_pylist()
     files = posts.column("file").filter(mask).to_pylist()
     return list(zip(ids, files, caption.filter(mask).to_pylist(), strict=True))

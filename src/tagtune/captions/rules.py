@@ -18,8 +18,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tagtune.ingest.caption_text import word_runs
 from tagtune.ingest.safety import caption_blocked_reason
-from tagtune.recipe.model import CaptionConfig, PeriodBand, QualityBand, SafetyConfig
+from tagtune.recipe.model import (
+    CaptionConfig,
+    PeriodBand,
+    QualityBand,
+    SafetyConfig,
+)
 
 TAG_GROUPS = ("artist", "copyright", "character", "general", "meta")
 """Groups whose tags come from the post's tag lists (`posts.tags_<group>`)."""
@@ -155,7 +161,10 @@ def build_caption(
 
     Missing fields give no token for their group; nothing here raises on absent data. The
     safety filter (house lists plus `safety`'s) judges the built caption again: `blocked`.
+    A caption-file post (`caption_tags` set) gets its file's caption (`build_file_caption`).
     """
+    if post.get("caption_tags") is not None:
+        return build_file_caption(post, cfg, safety)
     tags: list[str] = []
     groups: list[str] = []
     seen: set[str] = set()
@@ -170,6 +179,29 @@ def build_caption(
     return CaptionParts(tags, groups, cfg.separator.join(tags), blocked)
 
 
+KEEP_GROUP = "keep"
+"""The group of a caption file's first `keep_tokens` tags (they stay in front, as sd-scripts
+keeps them); its other tags are `general`."""
+
+
+def build_file_caption(
+    post: Mapping[str, Any], cfg: CaptionConfig, safety: SafetyConfig | None = None
+) -> CaptionParts:
+    """The caption of a caption-file post: its file's tags as written, in the file's order,
+    joined with `caption.separator` (no quality, rating or period token: there is no
+    metadata). The first `keep_tokens` tags are in the `keep` group, the rest `general`.
+
+    The safety filter judges the tags and every run of words inside them (`1girl loli`
+    written without separators shows `loli`), with the rating missing.
+    """
+    tags = list(dict.fromkeys(t for t in post["caption_tags"] if t))
+    keep = min(int(post.get("keep_tokens") or 0), len(tags))
+    groups = [KEEP_GROUP] * keep + ["general"] * (len(tags) - keep)
+    runs = [r.replace("_", " ") for t in tags for r in word_runs(t)]
+    blocked = caption_blocked_reason([*tags, *runs], None, safety, cfg.separator)
+    return CaptionParts(tags, groups, cfg.separator.join(tags), blocked)
+
+
 def explain_caption(post: Mapping[str, Any], cfg: CaptionConfig) -> list[dict[str, Any]]:
     """The caption of one post broken down by group, with why each field token was chosen.
 
@@ -177,6 +209,10 @@ def explain_caption(post: Mapping[str, Any], cfg: CaptionConfig) -> list[dict[st
     the group contributes after dedupe.
     """
     parts = build_caption(post, cfg)
+    if post.get("caption_tags") is not None:
+        return [{"group": g, "tags": [t for t, tg in zip(parts.tags, parts.groups, strict=True)
+                 if tg == g], "why": "from the caption file, in its order"}
+                for g in dict.fromkeys(parts.groups)]  # fmt: skip
     rows = []
     for group in cfg.order:
         kept = [t for t, g in zip(parts.tags, parts.groups, strict=True) if g == group]

@@ -28,6 +28,34 @@ def _counts_table(title: str, summary: dict[str, Any]):
     return table
 
 
+def _origins_table(data: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title="per source", header_style="bold")
+    for col in ("source", "posts", "included", "images"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for origin, c in data["origins"].items():
+        table.add_row(origin, str(c["posts"]), str(c["included"]), str(c["images"]))
+    for folder, c in data["folders"].items():
+        table.add_row(f"  {folder} (x{c['repeats']})", "", str(c["posts"]), "")
+    return table
+
+
+def _caption_file_notes(data: dict[str, Any]) -> list[str]:
+    """One line per SOURCE with caption files: the `ingest.caption_files` choice and what won."""
+    lines = []
+    for src, note in data["caption_files"].items():
+        mode, both = note["mode"], note["with_metadata_sidecar"]
+        won = {"metadata-first": "metadata won", "prefer": "the caption file won"}.get(
+            mode, "caption files ignored"
+        )
+        extra = f"; {both} image(s) had both a caption file and metadata: {won}" if both else ""
+        lines.append(
+            f"{src}: {note['caption_files']} caption file(s), caption_files = {mode}{extra}"
+        )
+    return lines
+
+
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -52,8 +80,8 @@ def register(app: typer.Typer) -> None:
         sources: list[Path] = typer.Argument(
             ...,
             metavar="SOURCE",
-            help="Folders of images with gallery-dl sidecars, API .json lists, .jsonl or "
-            ".parquet dumps.",
+            help="Folders of images with gallery-dl sidecars or kohya-style caption files "
+            "(.txt/.caption), API .json lists, .jsonl or .parquet dumps, sd-scripts dataset .toml.",
         ),
         images: Path | None = typer.Option(
             None, "--images", help="Images folder for .json/.jsonl/.parquet sources (by md5 or id)."
@@ -126,7 +154,7 @@ def register(app: typer.Typer) -> None:
         ws: Path = typer.Argument(..., metavar="WS", help="Workspace folder."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Counts in the catalog: posts, images, favorites, per rating, per year, problems."""
+        """Counts in the catalog: posts, images, favorites, per source, per rating, per year, problems."""
         from rich.table import Table
 
         from tagtune.ingest import read_status
@@ -140,6 +168,9 @@ def register(app: typer.Typer) -> None:
             f"included {data['included']}, with an image {data['trainable']}, "
             f"captions {data['captions']}"
         )
+        console.print(_origins_table(data))
+        for line in _caption_file_notes(data):
+            console.print(line, highlight=False, soft_wrap=True)
         for key, title in (("ratings", "rating"), ("years", "year")):
             table = Table(title=f"per {title} (included posts)", header_style="bold")
             table.add_column(title)

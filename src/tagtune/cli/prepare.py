@@ -31,7 +31,9 @@ def _plan_tables(plan: Any) -> None:
     for s in plan.stages:
         stages.add_row(
             s.name,
-            str(s.images),
+            str(s.images)
+            if s.images_per_epoch == s.images
+            else f"{s.images} ({s.images_per_epoch}/epoch)",
             str(s.epochs),
             str(s.steps_per_epoch),
             f"{s.total_steps:,}",

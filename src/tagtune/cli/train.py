@@ -63,6 +63,11 @@ def register(app: typer.Typer) -> None:
         _print_summary(summary)
 
 
+def _images_cell(images: int, per_epoch: int) -> str:
+    """Images of a stage, and the images an epoch shows when repeats make it differ."""
+    return str(images) if per_epoch == images else f"{images} ({per_epoch}/epoch)"
+
+
 def _print_plan(result: dict) -> None:
     from rich.table import Table
 
@@ -82,8 +87,8 @@ def _print_plan(result: dict) -> None:
         table.add_column(col)
     for s in result["stages"]:
         table.add_row(
-            s["name"], str(s["images"]), str(s["epochs"]), str(s["steps_per_epoch"]),
-            str(s["steps"]), str(s["warmup_steps"]),
+            s["name"], _images_cell(s["images"], s.get("images_per_epoch", s["images"])),
+            str(s["epochs"]), str(s["steps_per_epoch"]), str(s["steps"]), str(s["warmup_steps"]),
             s["optimizer"] + (f", {s['method']}" if s.get("method", "full") != "full" else ""),
             f"{s['memory_gib_estimate']['total']:.1f}",
         )  # fmt: skip

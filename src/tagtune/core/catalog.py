@@ -8,6 +8,13 @@ Tables
   `rating` is the modern meaning (g/s/q/e) used by captions; `rating_raw` is as read.
   `date` is the calendar date as written in created_at (its own offset).
   `excluded` is null for posts that may enter training, else the reason (safety filter).
+  `origin` says where the post came from: `danbooru` (metadata), `kohya-folder` (a folder of
+  images with caption files) or `dataset-toml` (an sd-scripts dataset TOML). Caption-file
+  posts (`ingest.caption_files`) have negative ids (minus 1 + the first 60 bits of the
+  image's MD5: stable, never a Danbooru id), their image's `folder` name, its `concept`
+  and `repeats` (`10_mychar`: 10, `mychar`), `caption_tags` (the caption file's tags as
+  written, in file order: the caption), `keep_tokens` (tags kept in front), and their tags
+  in Danbooru form (underscores) in `tags_general` for analytics and the safety filter.
 - files: the checked image file of a post (one per post; duplicates by content are skipped);
   `path` is absolute.
 - problems: every skipped file or record with the reason, for the summary and `status`.
@@ -54,7 +61,13 @@ CREATE TABLE IF NOT EXISTS posts (
     raw             JSON,
     favorite        BOOLEAN DEFAULT FALSE,
     excluded        VARCHAR,
-    ingested_at     TIMESTAMP DEFAULT current_timestamp
+    ingested_at     TIMESTAMP DEFAULT current_timestamp,
+    origin          VARCHAR DEFAULT 'danbooru',
+    folder          VARCHAR,
+    concept         VARCHAR,
+    repeats         INTEGER DEFAULT 1,
+    caption_tags    VARCHAR[],
+    keep_tokens     INTEGER
 );
 CREATE TABLE IF NOT EXISTS files (
     post_id     BIGINT PRIMARY KEY,
@@ -96,6 +109,17 @@ CREATE TABLE IF NOT EXISTS recommended_tags (
 );
 """
 
+MIGRATIONS = """
+ALTER TABLE posts ADD COLUMN IF NOT EXISTS origin VARCHAR DEFAULT 'danbooru';
+ALTER TABLE posts ADD COLUMN IF NOT EXISTS folder VARCHAR;
+ALTER TABLE posts ADD COLUMN IF NOT EXISTS concept VARCHAR;
+ALTER TABLE posts ADD COLUMN IF NOT EXISTS repeats INTEGER DEFAULT 1;
+ALTER TABLE posts ADD COLUMN IF NOT EXISTS caption_tags VARCHAR[];
+ALTER TABLE posts ADD COLUMN IF NOT EXISTS keep_tokens INTEGER;
+"""
+"""Columns added since the first catalogs (caption-file posts): a catalog written before
+them gets them on its next writable open (Danbooru posts: origin `danbooru`, 1 repeat)."""
+
 
 class CatalogBusyError(WorkspaceError):
     """Another process holds the catalog (DuckDB allows one writer, or readers only)."""
@@ -123,7 +147,23 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
         ) from None
     if not read_only:
         con.execute(SCHEMA)
+        con.execute(MIGRATIONS)
+    elif _needs_migration(con):  # migrate once, then read as asked
+        con.close()
+        connect(path).close()
+        return connect(path, read_only=True)
     return con
+
+
+def _needs_migration(con: duckdb.DuckDBPyConnection) -> bool:
+    """True for a catalog whose posts table lacks a column MIGRATIONS adds."""
+    cols = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'posts'"
+        ).fetchall()
+    }
+    return bool(cols) and "keep_tokens" not in cols
 
 
 @contextlib.contextmanager

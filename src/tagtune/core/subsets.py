@@ -43,9 +43,16 @@ SUBSET_COLUMNS: tuple[str, ...] = (
     "parent_id",
     "is_deleted",
     "favorite",
+    "origin",
+    "folder",
+    "concept",
+    "repeats",
 )
 """The `posts` columns a subset may read (not `excluded`, `raw`, `source` or `ingested_at`:
-the safety verdict is applied outside the clause; raw JSON and paths are not subset data)."""
+the safety verdict is applied outside the clause; raw JSON and paths are not subset data).
+`origin` ('danbooru', 'kohya-folder', 'dataset-toml'), `folder` (a caption-file image's folder
+name, `10_mychar`), `concept` (`mychar`) and `repeats` select by where posts came from:
+`origin = 'kohya-folder' AND folder = '10_mychar'`."""
 
 SUBSET_FUNCTIONS: tuple[str, ...] = (
     "list_contains",

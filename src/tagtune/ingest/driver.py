@@ -9,7 +9,6 @@ the same sources changes nothing, and a new source adds only what is new.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ import duckdb
 from tagtune.core.catalog import open_catalog, transaction
 from tagtune.core.errors import InputError
 from tagtune.core.workspace import Workspace
+from tagtune.ingest.caption_posts import finish_caption_files, scan_caption_files
 from tagtune.ingest.favorites import FavoritesResult, mark_favorites
-from tagtune.ingest.images import check_images, index_images
+from tagtune.ingest.images import index_images
 from tagtune.ingest.normalize import (
     POST_COLUMNS,
     normalized_sql,
@@ -45,24 +45,9 @@ from tagtune.ingest.sources import (
 )
 from tagtune.ingest.tag_normalize import sql_functions
 from tagtune.ingest.verdicts import sync_with_recipe
+from tagtune.ingest.writes import FILE_COLUMNS, check_files, insert_rows, record_problems
 from tagtune.recipe.model import Recipe
 from tagtune.recipe.workspace import workspace_recipe
-
-
-def insert_rows(
-    con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple]
-) -> None:
-    """Bulk insert through Arrow (DuckDB's executemany costs milliseconds per row)."""
-    if not rows:
-        return
-    import pyarrow as pa
-
-    data = pa.table({c: list(v) for c, v in zip(columns, zip(*rows, strict=True), strict=True)})
-    con.register("_rows_py", data)
-    try:
-        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM _rows_py")
-    finally:
-        con.unregister("_rows_py")
 
 
 def _drop_raw(con: duckdb.DuckDBPyConnection) -> None:
@@ -78,18 +63,6 @@ def _drop_raw(con: duckdb.DuckDBPyConnection) -> None:
     ):
         with contextlib.suppress(duckdb.Error):
             con.execute(stmt)
-
-
-def _track(progress: Any, items: Iterable, total: int, description: str) -> Iterator:
-    """Iterate `items`, advancing a rich Progress task when one is given."""
-    if progress is None or not total:
-        yield from items
-        return
-    task = progress.add_task(description, total=total)
-    for item in items:
-        yield item
-        progress.advance(task)
-    progress.remove_task(task)
 
 
 def _candidates(
@@ -136,65 +109,6 @@ def _candidates(
         ) c {todo}
     """
     return con.execute(sql).fetchall()
-
-
-FILE_COLUMNS = ["post_id", "path", "sha256", "width", "height", "format", "bytes"]
-
-
-def _check_files(
-    con: duckdb.DuckDBPyConnection, cands: list, recipe: Recipe, progress: Any
-) -> tuple[list[tuple], list[Problem]]:
-    """Check candidate images; return rows for `files` and problems (bad or duplicate)."""
-    seen_sha = {r[0] for r in con.execute("SELECT sha256 FROM files").fetchall()}
-    seen_md5 = {
-        r[0]
-        for r in con.execute(
-            "SELECT p.md5 FROM posts p JOIN files f ON f.post_id = p.id WHERE p.md5 IS NOT NULL"
-        ).fetchall()
-    }
-    done: set[int] = set()
-    rows: list[tuple] = []
-    problems: list[Problem] = []
-    cfg = recipe.ingest
-    # read and decode in threads (a file whose post md5 is already ingested is not read),
-    # then decide duplicates in post-id order
-    paths = [c[2] for c in cands if not (c[1] and c[1] in seen_md5)]
-    results = check_images(paths, cfg.max_image_pixels, cfg.min_image_side)
-    checks = dict(zip(paths, _track(progress, results, len(paths), "checking images"), strict=True))
-    for pid, md5, path in cands:
-        chk = checks.get(path)
-        if pid in done:
-            problems.append(Problem(path, pid, "duplicate", f"post {pid} already has a file"))
-        elif chk is None or (md5 and md5 in seen_md5):
-            problems.append(Problem(path, pid, "duplicate", f"md5 {md5} is already ingested"))
-        elif chk.reason:
-            problems.append(Problem(path, pid, chk.reason, chk.detail or ""))
-        elif chk.sha256 in seen_sha:
-            problems.append(Problem(path, pid, "duplicate", "same content as an ingested file"))
-        else:
-            seen_sha.add(chk.sha256)
-            if md5:
-                seen_md5.add(md5)
-            if md5 and chk.md5 != md5:  # kept, but a wrong pairing would train wrong tags
-                problems.append(
-                    Problem(
-                        path, pid, "md5-differs",
-                        f"post {pid} has md5 {md5}, the file {chk.md5}; kept (re-encoded, "
-                        "or not this post's image?)",
-                    )
-                )  # fmt: skip
-            done.add(pid)
-            rows.append((pid, path, chk.sha256, chk.width, chk.height, chk.format, chk.bytes))
-    return rows, problems
-
-
-def record_problems(
-    con: duckdb.DuckDBPyConnection, source: str, problems: Iterable[Problem]
-) -> None:
-    """Replace the ingest problems recorded for `source` with these."""
-    con.execute("DELETE FROM problems WHERE stage = 'ingest' AND source = ?", [source])
-    rows = [(p.path, p.post_id, p.reason, p.detail, "ingest", source) for p in problems]
-    insert_rows(con, "problems", ["path", "post_id", "reason", "detail", "stage", "source"], rows)
 
 
 def _has_raw(con: duckdb.DuckDBPyConnection) -> bool:
@@ -245,10 +159,14 @@ def ingest_source(
     # zstd for this write: about a third less CPU than the default string compression on
     # raw JSON, and a smaller file
     con.execute("SET force_compression = 'zstd'")
+    scan = scan_caption_files(source, kind, recipe.ingest.caption_files)
     try:
         problems = _fast_jsonl(con, source, key, recipe, images, progress)
-        if problems is None:
-            problems = _careful(con, source, kind, key, recipe, images, progress)
+        if problems is None and kind != "dataset-toml":
+            skip = {str(i.image) for i in scan.images} if scan else set()
+            problems = _careful(con, source, kind, key, recipe, images, progress, skip)
+        if scan is not None:
+            problems = finish_caption_files(con, scan, key, kind, recipe, problems or [], progress)
     finally:
         con.execute("RESET force_compression")
         _drop_raw(con)
@@ -289,11 +207,16 @@ def _careful(
     recipe: Recipe,
     images: Path | None,
     progress: Any,
+    skip: set[str] | None = None,
 ) -> list[Problem]:
-    """Any source, any mess: bad lines skipped and named, ids checked first, then written."""
+    """Any source, any mess: bad lines skipped and named, ids checked first, then written.
+    `skip`: images of a folder that are read as caption-file posts instead."""
     _drop_raw(con)
     # read first, outside the transaction: a probe DuckDB rejects must not abort it
-    problems = read_folder(con, source) if kind == "folder" else read_dump(con, source, kind)
+    if kind == "folder":
+        problems = read_folder(con, source, skip or ())
+    else:
+        problems = read_dump(con, source, kind)
     if not _has_raw(con):
         with transaction(con):
             record_problems(con, key, problems)
@@ -348,7 +271,7 @@ def _write_source(
             problems += duplicate_ids(con, kind)
         problems += odd_fields(con, key) + hidden_characters(hidden, key)
         cands = _candidates(con, kind, images, raw)
-        rows, file_problems = _check_files(con, cands, recipe, progress)
+        rows, file_problems = check_files(con, cands, recipe, progress)
     problems += file_problems
     insert_rows(con, "files", FILE_COLUMNS, rows)
     record_problems(con, key, problems)

@@ -45,9 +45,15 @@ REASONS = (
     "no-image",
     "no-metadata",
     "unknown-favorite",
+    "no-caption",
+    "bad-caption",
+    "bad-folder",
 )
 """Every problem reason ingest records (short fixed words, counted in the summary).
-`bad-field` (a value kept as unknown) and `md5-differs` (file kept) do not skip anything."""
+`bad-field` (a value kept as unknown) and `md5-differs` (file kept) do not skip anything.
+Caption-file sources add `no-caption` (an image of a dataset TOML without its caption file),
+`bad-caption` (a caption file that is unreadable, empty, not UTF-8 or over the size limit)
+and `bad-folder` (a folder name such as `0_x` or `10_` that gives no valid repeats)."""
 
 _GALLERY_DL = re.compile(r"^danbooru_(\d+)_([0-9a-fA-F]{32})$")
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")

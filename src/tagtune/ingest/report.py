@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import duckdb
@@ -58,6 +59,7 @@ def workspace_status(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "SELECT coalesce(CAST(year(date) AS VARCHAR), 'unknown'), count(*) FROM posts "
         "WHERE excluded IS NULL GROUP BY ALL ORDER BY 1",
     )
+    out.update(origin_status(con))
     out["captions"] = one("SELECT count(*) FROM captions")
     out["problems_by_stage"] = _counts(
         con,
@@ -65,6 +67,41 @@ def workspace_status(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "GROUP BY ALL ORDER BY 1",
     )
     return out
+
+
+ORIGINS = ("danbooru", "kohya-folder", "dataset-toml")
+"""Where a post came from (`posts.origin`): Danbooru metadata, a folder of images with caption
+files, an sd-scripts dataset TOML."""
+
+
+def origin_status(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """`origins`: per origin, posts, included posts and images; `folders`: per folder of
+    caption-file posts, included posts, their repeats and concept; `caption_files`: per
+    SOURCE, what its caption files did (`ingest.caption_files`: which won over metadata)."""
+    rows = con.execute(
+        "SELECT coalesce(origin, 'danbooru'), count(*), count(*) FILTER (WHERE excluded IS NULL), "
+        "count(f.post_id) FROM posts LEFT JOIN files f ON f.post_id = posts.id GROUP BY ALL"
+    ).fetchall()
+    folders = {
+        str(folder): {"posts": int(n), "repeats": int(rep), "concept": concept}
+        for folder, n, rep, concept in con.execute(
+            "SELECT folder, count(*), max(repeats), max(concept) FROM posts WHERE folder IS NOT "
+            "NULL AND excluded IS NULL GROUP BY ALL ORDER BY 1"
+        ).fetchall()
+    }
+    notes = {
+        key.removeprefix("caption_files:"): json.loads(value)
+        for key, value in con.execute(
+            "SELECT key, value FROM settings WHERE starts_with(key, 'caption_files:') ORDER BY 1"
+        ).fetchall()
+    }
+    return {"origins": _origins(rows), "folders": folders, "caption_files": notes}
+
+
+def _origins(rows: list[tuple]) -> dict[str, dict[str, int]]:
+    got = {o: {"posts": int(n), "included": int(i), "images": int(f)} for o, n, i, f in rows}
+    order = [*ORIGINS, *sorted(set(got) - set(ORIGINS))]
+    return {o: got[o] for o in order if o in got}
 
 
 def read_status(ws: Workspace) -> dict[str, Any]:

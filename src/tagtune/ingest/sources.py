@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from tagtune.core.untrusted import (
 )
 from tagtune.ingest.images import MEDIA_EXTS
 
-KINDS = ("folder", "api-json", "jsonl", "parquet")
+KINDS = ("folder", "api-json", "jsonl", "parquet", "dataset-toml")
 MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 """A gallery-dl sidecar is a few KiB; a larger .json beside an image is not read."""
 
@@ -96,11 +97,14 @@ def detect_kind(path: str | Path) -> str:
         return "api-json"
     if suffix == ".parquet":
         return "parquet"
+    if suffix == ".toml":
+        return "dataset-toml"
     raise InputError(
         "unknown source kind",
         file=path,
         field="SOURCE",
-        allowed="a folder, .json (API list), .jsonl/.ndjson (dump), .parquet (dump)",
+        allowed="a folder, .json (API list), .jsonl/.ndjson (dump), .parquet (dump), "
+        ".toml (sd-scripts dataset)",
     )
 
 
@@ -145,11 +149,22 @@ def _pair(media: list[Path], sidecars: dict[str, Path]) -> list[tuple[Path | Non
     return pairs
 
 
-def read_folder(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Problem]:
-    """Create temp table `_raw` from a folder's sidecars and their images; return problems."""
+def read_folder(
+    con: duckdb.DuckDBPyConnection, folder: Path, skip: Collection[str] = ()
+) -> list[Problem]:
+    """Create temp table `_raw` from a folder's sidecars and their images; return problems.
+
+    Images in `skip` (read as caption-file posts) and their sidecars are left out.
+    """
     import pyarrow as pa
 
     media, sidecars = _walk(folder)
+    if skip:
+        media = [m for m in media if str(m) not in skip]
+        for name in skip:
+            img = Path(name)
+            sidecars.pop(str(img.with_name(img.name + ".json")), None)
+            sidecars.pop(str(img.with_suffix(".json")), None)
     problems: list[Problem] = []
     rows: dict[str, list] = {"rec": [], "path": [], "line": [], "raw": [], "file": []}
     for side, img in _pair(media, sidecars):

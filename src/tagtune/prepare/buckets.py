@@ -159,13 +159,17 @@ def crop_rng(seed: int, sha256: str) -> random.Random:
     return random.Random(f"{seed}:{sha256}")
 
 
-def count_buckets(sizes: Iterable[tuple[int, int]], cfg: BucketConfig) -> dict[Bucket, int]:
-    """How many images (width, height) land in each bucket, in bucket order."""
+def count_buckets(
+    sizes: Iterable[tuple[int, int]], cfg: BucketConfig, weights: Iterable[int] | None = None
+) -> dict[Bucket, int]:
+    """How many images (width, height) land in each bucket, in bucket order; with `weights`
+    (one per image: its repeats), each image counts that many times."""
     buckets = make_buckets(cfg)
     counts: dict[Bucket, int] = {}
+    weights = iter(weights) if weights is not None else None
     for w, h in sizes:
         b = assign_bucket(w, h, buckets, cfg.no_upscale, cfg.step)
-        counts[b] = counts.get(b, 0) + 1
+        counts[b] = counts.get(b, 0) + (next(weights) if weights is not None else 1)
     return dict(sorted(counts.items(), key=lambda kv: (kv[0][0] / kv[0][1], kv[0][0])))
 
 
@@ -179,10 +183,20 @@ class StagePlan:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    images_per_epoch: int = 0
+    """Images an epoch shows: each image's own repeats (a kohya folder's N) x the stage's."""
 
 
-def plan_stage(stage: StageConfig, counts: Mapping[Bucket, int], world_size: int = 1) -> StagePlan:
+def plan_stage(
+    stage: StageConfig,
+    counts: Mapping[Bucket, int],
+    world_size: int = 1,
+    shown: Mapping[Bucket, int] | None = None,
+) -> StagePlan:
     """Optimizer steps of one stage from its images per bucket.
+
+    `shown`: per bucket, the images counted with their own repeats (a kohya folder's N;
+    `counts` when not given); the stage's `repeats` multiplies them.
 
     A batch never mixes buckets, so each bucket rounds up on its own. Warm-up is
     `warmup_steps`, or `warmup_ratio` of the total rounded to the nearest step (as the
@@ -190,7 +204,8 @@ def plan_stage(stage: StageConfig, counts: Mapping[Bucket, int], world_size: int
     flipped latent replaces, not adds).
     """
     per_batch = stage.batch_size * max(1, world_size)
-    batches = sum(math.ceil(n * stage.repeats / per_batch) for n in counts.values() if n > 0)
+    shown = counts if shown is None else shown
+    batches = sum(math.ceil(n * stage.repeats / per_batch) for n in shown.values() if n > 0)
     steps_per_epoch = math.ceil(batches / stage.gradient_accumulation)
     total = steps_per_epoch * stage.epochs
     warmup = stage.warmup_steps or int(round(stage.warmup_ratio * total))
@@ -201,6 +216,7 @@ def plan_stage(stage: StageConfig, counts: Mapping[Bucket, int], world_size: int
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         warmup_steps=warmup,
+        images_per_epoch=sum(shown.values()) * stage.repeats,
     )
 
 
@@ -208,6 +224,12 @@ def plan_steps(
     stages: Sequence[StageConfig],
     counts_per_stage: Mapping[str, Mapping[Bucket, int]],
     world_size: int = 1,
+    shown_per_stage: Mapping[str, Mapping[Bucket, int]] | None = None,
 ) -> list[StagePlan]:
-    """Step counts of every stage, in order; `counts_per_stage` maps stage name -> bucket counts."""
-    return [plan_stage(s, counts_per_stage.get(s.name, {}), world_size) for s in stages]
+    """Step counts of every stage, in order; `counts_per_stage` maps stage name -> bucket
+    counts, `shown_per_stage` the same counted with each image's repeats (see plan_stage)."""
+    shown = shown_per_stage or {}
+    return [
+        plan_stage(s, counts_per_stage.get(s.name, {}), world_size, shown.get(s.name))
+        for s in stages
+    ]

@@ -56,6 +56,7 @@ class PreparePlan:
                 {
                     "name": s.name,
                     "images": s.images,
+                    "images_per_epoch": s.images_per_epoch,
                     "epochs": s.epochs,
                     "steps_per_epoch": s.steps_per_epoch,
                     "total_steps": s.total_steps,
@@ -99,17 +100,34 @@ def plan_workspace(ws: Workspace, world_size: int = 1) -> PreparePlan:
         stages = recipe.train.stages
         fields = [stage_field(stages, s) for s in stages]
         all_items = catalog_items(con, [s.subset for s in stages], ws.root, fields)
-        per_stage = {
-            s.name: count_buckets(
-                ((i.width, i.height) for i in catalog_items(con, [s.subset], ws.root, [f])), cfg
-            )
+        repeats = post_repeats(con)
+        stage_items = {
+            s.name: catalog_items(con, [s.subset], ws.root, [f])
             for s, f in zip(stages, fields, strict=True)
         }
+    per_stage = {
+        name: count_buckets(((i.width, i.height) for i in items), cfg)
+        for name, items in stage_items.items()
+    }
+    shown = {
+        name: count_buckets(
+            ((i.width, i.height) for i in items), cfg, (repeats.get(i.post_id, 1) for i in items)
+        )
+        for name, items in stage_items.items()
+    }
     return PreparePlan(
         images=len(all_items),
         bucket_counts=count_buckets(((i.width, i.height) for i in all_items), cfg),
-        stages=plan_steps(recipe.train.stages, per_stage, world_size),
+        stages=plan_steps(recipe.train.stages, per_stage, world_size, shown),
     )
+
+
+def post_repeats(con: Any) -> dict[int, int]:
+    """Post id -> repeats of the posts shown more than once an epoch (kohya folders' N)."""
+    return {
+        int(pid): int(n)
+        for pid, n in con.execute("SELECT id, repeats FROM posts WHERE repeats > 1").fetchall()
+    }
 
 
 def _require_base(ws: Workspace) -> None:

@@ -95,6 +95,12 @@ class IngestConfig(Strict):
     """Larger images are refused as decompression bombs (Pillow's own default limit)."""
     min_image_side: int = Field(default=64, ge=1)
     """Images with a shorter side are recorded as problems and skipped."""
+    caption_files: Literal["metadata-first", "prefer", "ignore"] = "metadata-first"
+    """Caption files (kohya-style `NAME.txt` / `NAME.caption`) in a folder SOURCE: with
+    `metadata-first` an image with a Danbooru metadata sidecar is that post and its caption
+    file is not read, an image with only a caption file is a caption-file post; `prefer` makes
+    the caption file win over a sidecar; `ignore` never reads caption files (an image without
+    a sidecar is a `no-metadata` problem). Applies to images not yet in the catalog."""
 
 
 class QualityBand(Strict):
@@ -245,7 +251,8 @@ class StageConfig(Strict):
     epochs: int = Field(default=1, ge=1)
     """Passes over the subset."""
     repeats: int = Field(default=1, ge=1)
-    """Times each image is seen per epoch."""
+    """Times each image is seen per epoch; multiplies an image's own repeats (a kohya-style
+    folder `10_mychar` gives 10: with repeats 2 such an image is seen 20 times)."""
     batch_size: int = Field(default=4, ge=1)
     """Images per optimizer step per process (before gradient accumulation)."""
     gradient_accumulation: int = Field(default=1, ge=1)

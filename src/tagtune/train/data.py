@@ -24,13 +24,16 @@ from tagtune.recipe.model import StageConfig
 
 @dataclass(frozen=True)
 class Example:
-    """One training item: post, caption (and its tags in caption order), bucket (w, h), latent handle."""
+    """One training item: post, caption (and its tags in caption order), bucket (w, h), latent
+    handle, and how many times an epoch shows it (`repeats`: its folder's, sd-scripts' N_concept;
+    the stage's repeats multiply it)."""
 
     post_id: int
     caption: str
     tags: tuple[str, ...]
     bucket: tuple[int, int]
     record: Any
+    repeats: int = 1
 
 
 class LatentSource(Protocol):
@@ -63,13 +66,13 @@ def epoch_batches(
 ) -> list[list[int]]:
     """Global batches (indices into `examples`) of one epoch, each from one bucket, shuffled.
 
-    Every bucket's items (times `repeats`) are shuffled and cut into batches of `batch_size`;
+    Every bucket's items (each `repeats` x its own `Example.repeats` times) are shuffled and cut into batches of `batch_size`;
     a bucket's last batch may be smaller. Then the batch order is shuffled.
     """
     gen = keyed_generator("order", seed, stage_index, epoch)
     by_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
-        by_bucket[ex.bucket].extend([i] * repeats)
+        by_bucket[ex.bucket].extend([i] * (repeats * ex.repeats))
     batches: list[list[int]] = []
     for bucket in sorted(by_bucket):
         items = by_bucket[bucket]
@@ -89,7 +92,7 @@ def batches_per_epoch(examples: Sequence[Example], batch_size: int, repeats: int
     """Number of global batches one epoch has (the same every epoch)."""
     counts: dict[tuple[int, int], int] = defaultdict(int)
     for ex in examples:
-        counts[ex.bucket] += repeats
+        counts[ex.bucket] += repeats * ex.repeats
     return sum(math.ceil(c / batch_size) for c in counts.values())
 
 

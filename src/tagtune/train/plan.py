@@ -33,7 +33,8 @@ def _only_cache(ws: Workspace) -> Any:
 def dry_run(
     ws: Workspace, latents: Any = None, world_size: int = 1, zero2: bool = False
 ) -> dict[str, Any]:
-    """Per stage: images, steps per epoch, steps, warm-up, and the memory estimate (GiB)
+    """Per stage: images, images shown per epoch (each image's folder repeats times the
+    stage's `repeats`), steps per epoch, steps, warm-up, and the memory estimate (GiB)
     per GPU, for `world_size` processes (DDP, or DeepSpeed ZeRO-2 with `zero2`)."""
     from tagtune.train.stages import load_examples
     from tagtune.train.validation import choose_held_out
@@ -48,18 +49,19 @@ def dry_run(
         if latents is not None:
             examples, _ = load_examples(ws, st, latents, recipe.buckets.flip, held)
             images = len({e.post_id for e in examples})
+            shown = sum({e.post_id: e.repeats for e in examples}.values())
             per_epoch = steps_per_epoch(examples, st, world_size)
             source = "latent cache"
         else:
-            images = 0
+            images = shown = 0
             if ws.catalog_path.exists():
                 with open_catalog(ws.catalog_path, read_only=True) as con:
                     where = check_subset(con, st.subset, stage_field(recipe.train.stages, st))
-                    images = con.execute(
-                        "SELECT count(*) FROM captions c JOIN posts ON posts.id = c.post_id "
-                        f"WHERE {where}"
-                    ).fetchone()[0]
-            batches = math.ceil(images * st.repeats / (st.batch_size * world_size))
+                    images, shown = con.execute(
+                        "SELECT count(*), coalesce(sum(coalesce(posts.repeats, 1)), 0) FROM "
+                        f"captions c JOIN posts ON posts.id = c.post_id WHERE {where}"
+                    ).fetchone()
+            batches = math.ceil(shown * st.repeats / (st.batch_size * world_size))
             per_epoch = math.ceil(batches / st.gradient_accumulation)
             source = "captions (no latent cache: one bucket assumed)"
         total = per_epoch * st.epochs
@@ -72,6 +74,7 @@ def dry_run(
                 "name": st.name,
                 "subset": st.subset,
                 "images": images,
+                "images_per_epoch": shown * st.repeats,
                 "epochs": st.epochs,
                 "steps_per_epoch": per_epoch,
                 "steps": total,

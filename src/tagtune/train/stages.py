@@ -73,6 +73,8 @@ def load_examples(
 ):
     """Examples of a stage's subset that have a caption and a cached latent; (examples, missing).
 
+    Each carries its post's repeats (a kohya-style folder's N; 1 for Danbooru posts).
+
     Posts in `exclude` (the held-out images) are left out and not counted as missing.
     """
 
@@ -87,15 +89,18 @@ def load_examples(
             con, stage.subset, stage_field(workspace_recipe(ws).train.stages, stage)
         )
         rows = con.execute(
-            "SELECT c.post_id, c.caption, c.tags FROM captions c JOIN posts ON posts.id = c.post_id "
-            f"WHERE {where} ORDER BY c.post_id"
+            "SELECT c.post_id, c.caption, c.tags, coalesce(posts.repeats, 1) FROM captions c "
+            f"JOIN posts ON posts.id = c.post_id WHERE {where} ORDER BY c.post_id"
         ).fetchall()
-    captions = {pid: (cap, tuple(tags or ())) for pid, cap, tags in rows if pid not in exclude}
+    captions = {
+        pid: (cap, tuple(tags or ()), rep) for pid, cap, tags, rep in rows if pid not in exclude
+    }
     records = latents.records(list(captions), include_flipped=flip)
     examples = [
-        Example(r.post_id, captions[r.post_id][0], captions[r.post_id][1], tuple(r.bucket), r)
+        Example(r.post_id, captions[r.post_id][0], captions[r.post_id][1], tuple(r.bucket), r,
+                captions[r.post_id][2])
         for r in records
-    ]
+    ]  # fmt: skip
     missing = len(set(captions) - {e.post_id for e in examples})
     return examples, missing
 
