@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from tagtune.cli.common import console, err_console, print_json
+from tagtune.cli.common import console, print_json
 from tagtune.core.workspace import open_workspace
 
 
@@ -29,16 +29,9 @@ def _counts_table(title: str, summary: dict[str, Any]):
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from tagtune.core.progress import Progress
 
-    return Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-        disable=not enabled or not err_console.is_terminal,  # no stray blank line in logs
-    )
+    return Progress(enabled=enabled)
 
 
 def register(app: typer.Typer) -> None:

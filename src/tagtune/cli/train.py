@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from tagtune.cli.common import console, print_json
+from tagtune.cli.common import console, err_console, print_json
 from tagtune.core.workspace import open_workspace
 
 
@@ -50,9 +50,15 @@ def register(app: typer.Typer) -> None:
             else:
                 _print_plan(result)
             return
+        from tagtune.train.interrupt import INTERRUPTED_EXIT_CODE, TrainingInterrupted
         from tagtune.train.stages import run_training
 
-        summary = run_training(ws, stage=stage, resume=resume, progress=not json_out)
+        try:
+            summary = run_training(ws, stage=stage, resume=resume, progress=not json_out)
+        except TrainingInterrupted as stop:
+            if os.environ.get("RANK", "0") == "0":
+                err_console.print(stop.message(), soft_wrap=True)
+            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
         if os.environ.get("RANK", "0") != "0":  # under a launcher, process 0 reports
             return
         if json_out:

@@ -27,6 +27,7 @@ from tagtune.recipe.model import Recipe, StageConfig
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
 from tagtune.train.data import Example, steps_per_epoch
+from tagtune.train.interrupt import interrupted
 from tagtune.train.monitor import Monitor
 from tagtune.train.optim import TRAINABLE, warmup_steps
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
@@ -198,6 +199,7 @@ class RunContext:
     encode_fn: Any = None
     after_step: Callable[[int], None] | None = None
     held_out: list[HeldOutImage] | None = None  # chosen once, when the first stage runs
+    only: str | None = None  # the stage asked for (`stage=`), for the resume command
 
     @property
     def run_dir(self) -> Path:
@@ -231,6 +233,7 @@ def run_training(
     wanted = plan_stages(recipe, stage)
     check_completed_states(ws, recipe, wanted[-1])  # before any slow work
     ctx = open_run(ws, recipe, components, progress, encode_fn, after_step)
+    ctx.only = stage
     for index, st in enumerate(recipe.train.stages[: wanted[-1] + 1]):
         entry = rec.find_stage(ctx.record, st.name)
         if entry and entry["status"] == "complete":
@@ -402,7 +405,11 @@ def stage_job(
 
 
 def train_recorded(ctx: RunContext, job: Any, entry: dict[str, Any]) -> Any:
-    """Train the stage; run.json counts its seconds at each state and marks a failure."""
+    """Train the stage; run.json counts its seconds at each state and marks a failure.
+
+    Ctrl-C or SIGTERM (a KeyboardInterrupt) marks the stage `interrupted` and becomes a
+    `TrainingInterrupted` naming the state kept and the resume command.
+    """
     from tagtune.train.loop import train_stage
 
     start, before = time.perf_counter(), entry["seconds"]
@@ -416,6 +423,11 @@ def train_recorded(ctx: RunContext, job: Any, entry: dict[str, Any]) -> Any:
     job.on_state_saved = state_saved
     try:
         result = train_stage(job)
+    except KeyboardInterrupt as exc:
+        entry["status"] = "interrupted"  # seconds: up to the last state, where a resume starts
+        ctx.write_record()
+        states = job.stage_dir / "states"
+        raise interrupted(ctx.ws.root, job.stage.name, states, ctx.only) from exc
     except BaseException:
         entry["status"] = "failed"  # seconds: up to the last state, where a resume starts
         ctx.write_record()
