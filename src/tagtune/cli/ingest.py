@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, print_json
+from tagtune.core.progress import Progress
 from tagtune.core.workspace import open_workspace
 
 
@@ -29,8 +30,6 @@ def _counts_table(title: str, summary: dict[str, Any]):
 
 
 def _progress(enabled: bool):
-    from tagtune.core.progress import Progress
-
     return Progress(enabled=enabled)
 
 

@@ -2,8 +2,10 @@
 
 A live bar redraws one line with escape codes; written to a log file (nohup, CI, `> log`) it
 shows nothing until the work ends. So when stderr is not a terminal, progress is printed as
-plain lines instead, one every `TAGTUNE_PROGRESS_INTERVAL` seconds (default 30) or each time
-another `percent_step` percent is done, whichever comes first, plus one when a task ends:
+plain lines instead, one every `TAGTUNE_PROGRESS_INTERVAL` seconds (default 30; also each
+time another `percent_step` percent is done, when one is given), and one when a task that
+printed lines (or ran longer than the interval) ends; a task done within the interval prints
+nothing, so quick work leaves the log as it was:
 
     encoding: 120/480 (25%), 14.2 images/s, ETA 0:25
     main: 40/200 (20%), 1.52 s/it, ETA 4:03, epoch 1 step 40 loss 0.1234 lr 1.00e-04
@@ -96,7 +98,7 @@ class Progress:
         enabled: bool = True,
         unit: Unit = "items",
         interval_s: float | None = None,
-        percent_step: int = 10,
+        percent_step: int | None = None,
         stream: TextIO | None = None,
         transient: bool = True,
     ) -> None:
@@ -104,7 +106,7 @@ class Progress:
         self.mode = progress_mode(self.stream) if enabled else "off"
         self.unit = unit
         self.interval_s = progress_interval() if interval_s is None else interval_s
-        self.percent_step = max(1, percent_step)
+        self.percent_step = percent_step
         self.tasks: dict[int, _Task] = {}
         self._ids = 0
         self._lock = threading.Lock()
@@ -220,8 +222,14 @@ class Progress:
             return
         if self.bar is not None:
             self.bar.remove_task(task.rich_id)
-        elif self.mode == "lines" and task.completed != task.last_completed:
-            self._line(task)  # where the task ended
+        elif (
+            self.mode == "lines" and task.completed != task.last_completed and self._followed(task)
+        ):
+            self._line(task)  # where a task the log followed ended
+
+    def _followed(self, task: _Task) -> bool:
+        """Whether the log showed this task (a line before, or one due now)."""
+        return task.last_line > task.started or self._due(task)
 
     def _percent(self, task: _Task) -> int | None:
         if not task.total:
@@ -233,7 +241,9 @@ class Progress:
         if now - task.last_line >= self.interval_s:
             return True
         pct = self._percent(task)
-        return pct is not None and pct // self.percent_step > task.last_percent // self.percent_step
+        if pct is None or not self.percent_step:
+            return False
+        return pct // self.percent_step > task.last_percent // self.percent_step
 
     def _rate_text(self, task: _Task) -> str:
         elapsed = time.perf_counter() - task.started

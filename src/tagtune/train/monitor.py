@@ -1,7 +1,8 @@
 """What a user watches during training: progress (`tagtune.core.progress`) and TensorBoard logs.
 
-Progress is a live bar on a terminal and a plain line every 30 s (or 10 % of the stage) in a
-log file: `main: 40/200 (20%), 1.52 s/it, ETA 4:03, epoch 1 step 40 loss 0.1234 lr 1.00e-04`.
+Progress is a live bar on a terminal and a plain line in a
+log file (every 30 s, `TAGTUNE_PROGRESS_INTERVAL`):
+`main: 40/200 (20%), 1.52 s/it, ETA 4:03, epoch 1 step 40 loss 0.1234 lr 1.00e-04`.
 
 TensorBoard scalars: `loss`, `lr/<module>`, `images_per_s` per optimizer step; `val/loss`,
 `val/loss_wrong_caption`, `val/conditioning_gap` and `val/seconds` per validation (all at the
