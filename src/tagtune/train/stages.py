@@ -26,6 +26,7 @@ from tagtune.models.recipe_model import vae_source_of
 from tagtune.recipe.model import Recipe, StageConfig
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
+from tagtune.train.clean import prune_completed_stage
 from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.interrupt import interrupted
 from tagtune.train.monitor import Monitor
@@ -439,7 +440,8 @@ def train_recorded(ctx: RunContext, job: Any, entry: dict[str, Any]) -> Any:
 
 
 def record_stage_end(ctx: RunContext, entry: dict[str, Any], result: Any) -> None:
-    """Mark the stage complete in run.json (final loss and state) and in the summary."""
+    """Mark the stage complete in run.json (final loss and state) and in the summary; then
+    remove its other states (`train.keep_states_of_completed_stages = "final"`)."""
     entry.update(
         status="complete",
         finished_at=rec.now(),
@@ -447,6 +449,8 @@ def record_stage_end(ctx: RunContext, entry: dict[str, Any], result: Any) -> Non
         final_state=result.final_state.relative_to(ctx.ws.root).as_posix(),
     )
     ctx.write_record()
+    if ctx.runtime.is_main and ctx.recipe.train.keep_states_of_completed_stages == "final":
+        prune_completed_stage(result.final_state.parent, result.final_state)
     ctx.summary.ran.append({k: entry[k] for k in SUMMARY_KEYS})
 
 
