@@ -10,6 +10,7 @@ from rich.text import Text
 
 from tagtune.cli.common import console, err_console, print_json
 from tagtune.core.workspace import open_workspace
+from tagtune.train.summary import summary_lines
 
 
 def register(app: typer.Typer) -> None:
@@ -128,5 +129,7 @@ def _print_summary(summary) -> None:
         line = stage_summary(s)
         if line:
             console.print(line, soft_wrap=True)
+    for line in summary_lines(summary.run_dir, summary.ran):
+        console.print(line, soft_wrap=True)
     if summary.skipped:
         console.print(f"already complete: {', '.join(summary.skipped)}")
