@@ -152,3 +152,21 @@ def test_clean_command_prints_what_it_would_remove_and_the_bytes(tmp_path):
     out = json.loads(res.output)
     assert out["dry_run"] is False and len(out["removals"]) == 4 and out["bytes"] > 3000
     assert not (run / "main/states/step-2").exists()
+
+
+def test_clean_cache_keeps_the_latents_of_the_recipes_vae(tmp_path, tiny_sdxl):
+    from tagtune.models.save import save_single_file
+    from tagtune.synthetic.runs import make_theme_workspace
+
+    recipe = tiny_train_recipe()
+    recipe.model.base = "base.safetensors"
+    ws, _ = make_theme_workspace(tmp_path / "ws", recipe, tiny_sdxl.vae, n=2)
+    save_single_file(tiny_sdxl, ws.root / "base.safetensors", dtype="fp32")
+    (current,) = (ws.cache_dir / "latents").iterdir()
+    old = ws.cache_dir / "latents" / f"vae-{VAE_OLD[:16]}"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    res = CliRunner().invoke(app, ["clean", str(ws.root), "--cache", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [r["path"] for r in json.loads(res.output)["removals"]] == [str(old)]
+    assert current.is_dir() and not old.exists()
