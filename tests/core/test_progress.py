@@ -68,3 +68,28 @@ def test_control_characters_in_a_description_stay_out_of_the_log(monkeypatch):
     with Progress(interval_s=0.0, stream=out) as bar:
         bar.update(bar.add_task("bad\x1b[2Jname.png", total=1), completed=1)
     assert "\x1b" not in out.getvalue() and out.getvalue().startswith("bad [2Jname.png: 1/1")
+
+
+def test_prepare_encoding_prints_plain_lines_into_a_log(tmp_path, tiny_sdxl, capsys, monkeypatch):
+    import hashlib
+
+    import numpy as np
+
+    from tagtune.prepare.encode import PrepareItem, encode_images
+    from tagtune.recipe.model import BucketConfig
+    from tagtune.synthetic.collection import shape_image
+
+    monkeypatch.delenv("TAGTUNE_PROGRESS", raising=False)
+    monkeypatch.setenv("TAGTUNE_PROGRESS_INTERVAL", "0")
+    rng = np.random.default_rng(0)
+    items = []
+    for i in (1, 2, 3):
+        img, _ = shape_image(rng, (64, 64))
+        img.save(tmp_path / f"{i}.png")
+        sha = hashlib.sha256((tmp_path / f"{i}.png").read_bytes()).hexdigest()
+        items.append(PrepareItem(i, str(tmp_path / f"{i}.png"), sha, 64, 64))
+    cfg = BucketConfig(resolution=64, min_side=64, max_side=64, step=64)
+    encode_images(items, tiny_sdxl.vae, tmp_path / "cache", cfg, workers=0, show_progress=True)
+    err = capsys.readouterr().err
+    assert re.search(r"^encoding: 3/3 \(100%\), [0-9.]+ (images/s|s/it), ETA 0:00$", err, re.M)
+    assert "\x1b" not in err
