@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, print_json
+from tagtune.core.progress import Progress
 from tagtune.core.workspace import open_workspace
 
 
@@ -105,9 +106,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(build_captions(w, **side).to_json())
             return
-        from rich.progress import Progress
-
-        with Progress(console=console, transient=True) as bar:
+        with Progress() as bar:
             task = bar.add_task("captions", total=None)
 
             def progress(step: str, done: int, total: int) -> None:

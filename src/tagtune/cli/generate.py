@@ -9,6 +9,7 @@ from rich.text import Text
 
 from tagtune.cli.common import console, print_json
 from tagtune.core.errors import InputError
+from tagtune.core.progress import Progress
 from tagtune.generate.infotext import read_png_infotext
 
 DEFAULTS = {
@@ -65,8 +66,6 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Generate images; each PNG carries A1111 infotext (Model hash = AutoV2)."""
-        from rich.progress import Progress
-
         from tagtune.generate.pipeline import generate as run_generate
         from tagtune.generate.pipeline import params_from_png
         from tagtune.models.lora_format import parse_lora_ref
@@ -89,7 +88,7 @@ def register(app: typer.Typer) -> None:
         }
         n = n if n is not None else (1 if from_png is not None else 4)
         params = {**base, **{k: v for k, v in given.items() if v is not None}}
-        with Progress(console=console, disable=as_json, transient=True) as bar:
+        with Progress(enabled=not as_json, unit="images") as bar:
             task = bar.add_task("generating", total=n)
             paths = run_generate(
                 ckpt,

@@ -8,7 +8,8 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from tagtune.cli.common import console, err_console, print_json
+from tagtune.cli.common import console, print_json
+from tagtune.core.progress import Progress
 from tagtune.core.workspace import open_workspace
 
 
@@ -57,16 +58,7 @@ def _caption_file_notes(data: dict[str, Any]) -> list[str]:
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    return Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-        disable=not enabled or not err_console.is_terminal,  # no stray blank line in logs
-    )
+    return Progress(enabled=enabled)
 
 
 def register(app: typer.Typer) -> None:

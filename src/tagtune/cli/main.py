@@ -10,6 +10,7 @@ import typer
 from tagtune.cli import (
     caption,
     card,
+    clean,
     demo,
     export,
     generate,
@@ -49,6 +50,7 @@ for module in (
     models,
     prepare,
     train,
+    clean,
     export,
     generate,
     merge,

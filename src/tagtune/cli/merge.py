@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from tagtune.cli.common import console, print_json
+from tagtune.core.progress import Progress
 from tagtune.merge.blocks import parse_blocks
 
 
@@ -45,8 +46,6 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Merge checkpoints tensor by tensor: (1-alpha)A + alpha B, or A + alpha(B - C)."""
-        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
         from tagtune.merge.checkpoints import MergeSpec, merge_checkpoints
 
         spec = MergeSpec(
@@ -58,16 +57,8 @@ def register(app: typer.Typer) -> None:
             dtype=dtype,
         )
         target = out or Path(f"{a.stem}+{b.stem}.safetensors")
-        with Progress(
-            "merging",
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=as_json,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("merge", total=None)
+        with Progress(enabled=not as_json, unit="bytes") as bar:
+            task = bar.add_task("merging", total=None)
             result = merge_checkpoints(
                 a,
                 b,

@@ -9,6 +9,7 @@ from rich.text import Text
 
 from tagtune.cli.common import console, err_console, one_line, print_json
 from tagtune.core.errors import TagtuneError
+from tagtune.core.progress import Progress
 from tagtune.models.hashes import file_hashes
 
 DTYPE_HELP = "Tensor precision of the output: fp16, bf16 or fp32."
@@ -44,19 +45,9 @@ def _written(result, as_json: bool, title: str) -> None:
     )
 
 
-def _hash_all(files: list[Path]) -> dict[str, dict]:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
+def _hash_all(files: list[Path], show: bool = True) -> dict[str, dict]:
     results: dict[str, dict] = {}
-    with Progress(
-        TextColumn("{task.description}", style="progress.description", markup=False),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,  # no stray blank line before an error
-    ) as bar:
+    with Progress(enabled=show, unit="bytes") as bar:
         for f in files:
             size = f.stat().st_size if f.is_file() else 0
             task = bar.add_task(f.name, total=size)
@@ -133,7 +124,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """SHA-256, AutoV1, AutoV2, AutoV3, CRC32 and BLAKE3 of each file, in one read pass."""
-        results = _hash_all(files)
+        results = _hash_all(files, show=not as_json)
         if as_json:
             print_json(results)
         else:

@@ -8,8 +8,9 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from tagtune.cli.common import console, print_json
+from tagtune.cli.common import console, err_console, print_json
 from tagtune.core.workspace import open_workspace
+from tagtune.train.summary import summary_lines
 
 
 def register(app: typer.Typer) -> None:
@@ -50,9 +51,15 @@ def register(app: typer.Typer) -> None:
             else:
                 _print_plan(result)
             return
+        from tagtune.train.interrupt import INTERRUPTED_EXIT_CODE, TrainingInterrupted
         from tagtune.train.stages import run_training
 
-        summary = run_training(ws, stage=stage, resume=resume, progress=not json_out)
+        try:
+            summary = run_training(ws, stage=stage, resume=resume, progress=not json_out)
+        except TrainingInterrupted as stop:
+            if os.environ.get("RANK", "0") == "0":
+                err_console.print(stop.message(), soft_wrap=True)
+            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
         if os.environ.get("RANK", "0") != "0":  # under a launcher, process 0 reports
             return
         if json_out:
@@ -128,5 +135,7 @@ def _print_summary(summary) -> None:
         line = stage_summary(s)
         if line:
             console.print(line, soft_wrap=True)
+    for line in summary_lines(summary.run_dir, summary.ran):
+        console.print(line, soft_wrap=True)
     if summary.skipped:
         console.print(f"already complete: {', '.join(summary.skipped)}")

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from tagtune.core.progress import Progress
 from tagtune.models.components import VAE_SCALING_FACTOR
 from tagtune.models.vae_bake import vae_fingerprint
 from tagtune.prepare.buckets import (
@@ -349,29 +350,5 @@ class _Batcher:
 
 
 def _progress(show: bool, total: int) -> Any:
-    """A rich progress bar with images/s, or a silent stand-in."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.1f} images/s" if speed else "- images/s")
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not show or total == 0,
-    )
+    """Progress of the encoding (done/total, images/s, ETA), or a silent stand-in."""
+    return Progress(enabled=show and total > 0, unit="images")

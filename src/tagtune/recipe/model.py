@@ -378,6 +378,8 @@ class TrainConfig(Strict):
     """Also write a resumable state every N optimizer steps (0: off)."""
     keep_last: int = Field(default=3, ge=1)
     """Resumable states kept per stage; older ones are pruned."""
+    keep_states_of_completed_stages: Literal["final", "all"] = "final"
+    """When a stage completes, keep only its final state ("final") or every kept state ("all")."""
     export_every_epoch: bool = False
     """Also export a single-file checkpoint with each epoch's state."""
     sample_every_n_epochs: int = Field(default=0, ge=0)

@@ -1,4 +1,8 @@
-"""What a user watches during training: a rich progress bar and TensorBoard logs.
+"""What a user watches during training: progress (`tagtune.core.progress`) and TensorBoard logs.
+
+Progress is a live bar on a terminal and a plain line in a
+log file (every 30 s, `TAGTUNE_PROGRESS_INTERVAL`):
+`main: 40/200 (20%), 1.52 s/it, ETA 4:03, epoch 1 step 40 loss 0.1234 lr 1.00e-04`.
 
 TensorBoard scalars: `loss`, `lr/<module>`, `images_per_s` per optimizer step; `val/loss`,
 `val/loss_wrong_caption`, `val/conditioning_gap` and `val/seconds` per validation (all at the
@@ -11,9 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tagtune.core.progress import Progress
+
 
 class Monitor:
-    """Progress bar (stage, epoch, step, loss, lr, s/it, ETA) and TensorBoard scalars.
+    """Progress (stage, epoch, step, loss, lr, s/it, ETA) and TensorBoard scalars.
 
     Only the main process shows and writes anything; `progress=False` keeps tests quiet.
     """
@@ -28,22 +34,7 @@ class Monitor:
             return
         self.log_dir = log_dir  # TensorBoard's writer opens in `start`
         if progress:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}", style="bold", markup=False),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
+            self.bar = Progress(unit="steps", transient=False)
 
     def start(self, stage: str, total: int, done: int) -> None:
         """Begin a stage of `total` steps, `done` of them already done (resume).
@@ -75,7 +66,7 @@ class Monitor:
             self.writer.add_scalar("images_per_s", images / max(dt, 1e-9), step)
         if self.bar is not None and self.task is not None:
             lr = next(iter(lrs.values()), 0.0)
-            info = f"epoch {epoch} step {step} loss {loss:.4f} lr {lr:.2e} {dt:.2f} s/it"
+            info = f"epoch {epoch} step {step} loss {loss:.4f} lr {lr:.2e}"
             self.bar.update(self.task, completed=step, info=info)
 
     def validation(self, evaluation: dict[str, Any]) -> None:
@@ -90,7 +81,7 @@ class Monitor:
         if self.bar is not None:
             from tagtune.train.validation import describe
 
-            self.bar.console.print(describe(evaluation), soft_wrap=True)
+            self.bar.print(describe(evaluation))
         self.last = time.perf_counter()  # the next step's s/it leaves the evaluation out
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 Shape (read by the model-card writer; keep it stable):
 {"run", "tagtune_version", "created_at", "updated_at", "recipe", "base_model": {path, sha256, autov2},
  "vae": {path ("" = the base's own), name, sha256, autov2, fingerprint},
- "stages": [{name, status, subset, images, repeats, epochs, batch_size, gradient_accumulation,
+ "stages": [{name, status (running|complete|interrupted|failed), subset, images, repeats, epochs,
+   batch_size, gradient_accumulation,
    steps_per_epoch, steps, warmup_steps, started_at, finished_at, seconds, final_loss, settings,
    inputs: {captions_sha256, latents_vae}, final_state, resumes: [{step, at}] (absent: never),
    validation: {images, post_ids, evaluations: [{step, epoch, loss, loss_wrong_caption,

@@ -27,7 +27,9 @@ from tagtune.models.recipe_model import resolve_prediction, vae_source_of
 from tagtune.recipe.model import Recipe, StageConfig
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
+from tagtune.train.clean import prune_completed_stage
 from tagtune.train.data import Example, steps_per_epoch
+from tagtune.train.interrupt import interrupted
 from tagtune.train.lora import apply_lora_state
 from tagtune.train.monitor import Monitor
 from tagtune.train.optim import TRAINABLE, warmup_steps
@@ -213,6 +215,7 @@ class RunContext:
     encode_fn: Any = None
     after_step: Callable[[int], None] | None = None
     held_out: list[HeldOutImage] | None = None  # chosen once, when the first stage runs
+    only: str | None = None  # the stage asked for (`stage=`), for the resume command
 
     @property
     def run_dir(self) -> Path:
@@ -246,6 +249,7 @@ def run_training(
     wanted = plan_stages(recipe, stage)
     check_completed_states(ws, recipe, wanted[-1])  # before any slow work
     ctx = open_run(ws, recipe, components, progress, encode_fn, after_step)
+    ctx.only = stage
     for index, st in enumerate(recipe.train.stages[: wanted[-1] + 1]):
         entry = rec.find_stage(ctx.record, st.name)
         if entry and entry["status"] == "complete":
@@ -420,7 +424,11 @@ def stage_job(
 
 
 def train_recorded(ctx: RunContext, job: Any, entry: dict[str, Any]) -> Any:
-    """Train the stage; run.json counts its seconds at each state and marks a failure."""
+    """Train the stage; run.json counts its seconds at each state and marks a failure.
+
+    Ctrl-C or SIGTERM (a KeyboardInterrupt) marks the stage `interrupted` and becomes a
+    `TrainingInterrupted` naming the state kept and the resume command.
+    """
     from tagtune.train.loop import train_stage
 
     start, before = time.perf_counter(), entry["seconds"]
@@ -434,6 +442,11 @@ def train_recorded(ctx: RunContext, job: Any, entry: dict[str, Any]) -> Any:
     job.on_state_saved = state_saved
     try:
         result = train_stage(job)
+    except KeyboardInterrupt as exc:
+        entry["status"] = "interrupted"  # seconds: up to the last state, where a resume starts
+        ctx.write_record()
+        states = job.stage_dir / "states"
+        raise interrupted(ctx.ws.root, job.stage.name, states, ctx.only) from exc
     except BaseException:
         entry["status"] = "failed"  # seconds: up to the last state, where a resume starts
         ctx.write_record()
@@ -445,7 +458,8 @@ def train_recorded(ctx: RunContext, job: Any, entry: dict[str, Any]) -> Any:
 
 
 def record_stage_end(ctx: RunContext, entry: dict[str, Any], result: Any) -> None:
-    """Mark the stage complete in run.json (final loss and state) and in the summary."""
+    """Mark the stage complete in run.json (final loss and state) and in the summary; then
+    remove its other states (`train.keep_states_of_completed_stages = "final"`)."""
     entry.update(
         status="complete",
         finished_at=rec.now(),
@@ -453,6 +467,8 @@ def record_stage_end(ctx: RunContext, entry: dict[str, Any], result: Any) -> Non
         final_state=result.final_state.relative_to(ctx.ws.root).as_posix(),
     )
     ctx.write_record()
+    if ctx.runtime.is_main and ctx.recipe.train.keep_states_of_completed_stages == "final":
+        prune_completed_stage(result.final_state.parent, result.final_state)
     ctx.summary.ran.append({k: entry[k] for k in SUMMARY_KEYS})
 
 
