@@ -22,9 +22,9 @@ from tagtune.core.workspace import RECIPE_FILE
 from tagtune.recipe.auto import AutoBool
 from tagtune.recipe.errors import recipe_error
 from tagtune.recipe.lora import LoraConfig, check_stage_method
+from tagtune.recipe.migrate import SCHEMA_VERSION, migrate
 from tagtune.recipe.validation import ValidationConfig
 
-SCHEMA_VERSION = 1
 MAX_SIDE = 4096
 """Longest image side anything is made at (buckets, samples, `generate`): 16 megapixels."""
 MAX_RECIPE_BYTES = 4 * 1024 * 1024
@@ -443,35 +443,6 @@ class Recipe(Strict):
             value=name,
             allowed=", ".join(s.name for s in self.train.stages),
         )
-
-
-# --- migration -------------------------------------------------------------------------
-
-
-def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 0 (no schema_version key) had the same layout."""
-    return data
-
-
-MIGRATIONS = {0: _migrate_0_to_1}
-
-
-def migrate(data: dict[str, Any], file: str | Path | None = None) -> dict[str, Any]:
-    """Bring an older recipe up to SCHEMA_VERSION; a newer one is an error."""
-    version = data.get("schema_version", 0)
-    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 0:
-        raise RecipeError(
-            "unsupported recipe version",
-            file=file,
-            field="schema_version",
-            value=version,
-            allowed=f"0..{SCHEMA_VERSION}",
-        )
-    while version < SCHEMA_VERSION:
-        data = MIGRATIONS[version](dict(data))
-        version += 1
-    data["schema_version"] = SCHEMA_VERSION
-    return data
 
 
 # --- loading ---------------------------------------------------------------------------
