@@ -182,7 +182,7 @@ def sync_sidecars(
     folder = Path(folder) if folder is not None else None
     if folder is not None:
         if folder.exists() and not folder.is_dir():
-            raise InputError("is not a folder", file=folder, field="--sidecars-dir")
+            raise InputError("is not a folder", file=folder, field="sidecars_dir")
         folder.mkdir(parents=True, exist_ok=True)
     targets = _targets(ws, rows, folder)
     recorded = dict(con.execute("SELECT path, sha256 FROM sidecars").fetchall())

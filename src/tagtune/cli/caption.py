@@ -90,7 +90,10 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Build every included post's caption: catalog table, captions.jsonl, optional sidecars."""
+        """Build every included post's caption: catalog table, captions.jsonl, optional sidecars.
+
+        Example: tagtune caption my-ws --sidecars
+        """
         from tagtune.captions.build import build_captions, show_caption
 
         w = open_workspace(ws)

@@ -32,7 +32,10 @@ def register(app: typer.Typer) -> None:
         ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Write a single-file SDXL checkpoint from a run's last completed stage."""
+        """Write a single-file SDXL checkpoint from a run's last completed stage.
+
+        Example: tagtune export my-ws --dtype fp16
+        """
         from tagtune.train.export import export_model
 
         result = export_model(

@@ -58,7 +58,10 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Generate images; each PNG carries A1111 infotext (Model hash = AutoV2)."""
+        """Generate images; each PNG carries A1111 infotext (Model hash = AutoV2).
+
+        Example: tagtune generate model.safetensors "1girl, red hair" -n 2 --seed 1
+        """
         from rich.progress import Progress
 
         from tagtune.generate.pipeline import generate as run_generate

@@ -90,7 +90,10 @@ def register(app: typer.Typer) -> None:
         description: str = typer.Option("", "--description", help="ModelSpec description."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Convert a diffusers folder to an SDXL single file (ModelSpec metadata) and back."""
+        """Convert a diffusers folder to an SDXL single file (ModelSpec metadata) and back.
+
+        Example: tagtune convert sdxl-diffusers/ model.safetensors --dtype fp16
+        """
         from tagtune.models.convert import convert_model
 
         result = convert_model(
@@ -109,7 +112,10 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Write CKPT with every first_stage_model.* tensor replaced by the tensors of VAE."""
+        """Write CKPT with every first_stage_model.* tensor replaced by the tensors of VAE.
+
+        Example: tagtune bake-vae model.safetensors sdxl-vae.safetensors baked.safetensors
+        """
         from tagtune.models.vae_bake import bake_vae
 
         r = bake_vae(ckpt, vae, out, force=force)
@@ -132,7 +138,10 @@ def register(app: typer.Typer) -> None:
         files: list[Path] = typer.Argument(..., help="Files to hash."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """SHA-256, AutoV1, AutoV2, AutoV3, CRC32 and BLAKE3 of each file, in one read pass."""
+        """SHA-256, AutoV1, AutoV2, AutoV3, CRC32 and BLAKE3 of each file, in one read pass.
+
+        Example: tagtune hash model.safetensors
+        """
         results = _hash_all(files)
         if as_json:
             print_json(results)
@@ -159,7 +168,10 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Write a tiny random SDXL model (full architecture, small widths) for tests and demos."""
+        """Write a tiny random SDXL model (full architecture, small widths) for tests and demos.
+
+        Example: tagtune tiny-model tiny.safetensors --seed 0
+        """
         from tagtune.models.convert import write_tiny_model
 
         result = write_tiny_model(out, fmt=fmt, seed=seed, dtype=dtype, overwrite=force)

@@ -99,6 +99,8 @@ def register(app: typer.Typer) -> None:
 
         --plan prints the bucket table and each stage's steps (no image is read).
         `tagtune prepare WS chart --out buckets.png` draws the bucket histogram.
+
+        Example: tagtune prepare my-ws --plan
         """
 
         if action is not None and action not in ACTIONS:

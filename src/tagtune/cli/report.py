@@ -29,7 +29,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Write WS/out/report.html: dataset, buckets and crops, runs (loss, lr, validation,
-        resumes, samples) and outputs (hashes, model card, recommended tags)."""
+        resumes, samples) and outputs (hashes, model card, recommended tags).
+
+        Example: tagtune report my-ws
+        """
         from tagtune.report import watch_report, write_report
 
         if not watch:

@@ -10,10 +10,7 @@ from rich.text import Text
 from tagtune.cli.common import console, err_console, print_json
 from tagtune.core.workspace import open_workspace
 
-tags_app = typer.Typer(
-    help="Tag analytics over the caption tags: top, similar, suggest, chart.",
-    no_args_is_help=True,
-)
+tags_app = typer.Typer(no_args_is_help=True)
 
 SUBSET_HELP = "Posts to count: all, favorites, or a SQL WHERE clause over the posts table."
 WHERE_HELP = "Extra SQL WHERE clause over posts (e.g. \"rating in ('g','s') and score >= 10\")."
@@ -23,7 +20,10 @@ WHERE_HELP = "Extra SQL WHERE clause over posts (e.g. \"rating in ('g','s') and 
 def _tags(
     ctx: typer.Context, ws: Path = typer.Argument(..., metavar="WS", help="Workspace folder.")
 ) -> None:
-    """Tag analytics over the caption tags: top, similar, suggest, chart."""
+    """Tag analytics over the caption tags: top, similar, suggest, chart.
+
+    Example: tagtune tags my-ws top -n 20
+    """
     ctx.obj = ws
 
 
@@ -69,7 +69,10 @@ def top(
     n: int = typer.Option(50, "-n", min=1, help="How many tags."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Tag frequency table of a subset, optionally of one tag group."""
+    """Tag frequency table of a subset, optionally of one tag group.
+
+    Example: tagtune tags my-ws top --subset favorites -n 20
+    """
     from tagtune.tags.analytics import top_tags
 
     with _busy():
@@ -89,7 +92,10 @@ def similar(
     where: str = typer.Option(None, "--where", help=WHERE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Tags ranked by the Jaccard index of their post sets with TAG's."""
+    """Tags ranked by the Jaccard index of their post sets with TAG's.
+
+    Example: tagtune tags my-ws similar "long hair" -n 10
+    """
     from tagtune.tags.analytics import similar_tags
 
     with _busy():
@@ -112,7 +118,10 @@ def suggest(
     min_count: int = typer.Option(20, "--min-count", help="Leave out tags on fewer posts."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Recommended prompt tags for a subset; stored in the catalog for the model card."""
+    """Recommended prompt tags for a subset; stored in the catalog for the model card.
+
+    Example: tagtune tags my-ws suggest --against all
+    """
     from tagtune.tags.analytics import suggest_tags
 
     ws = _workspace(ctx)
@@ -142,7 +151,10 @@ def chart(
     force: bool = typer.Option(False, "--force", help="Replace an existing chart."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Bar chart of the top tags and of the quality/rating/period distribution (PNG)."""
+    """Bar chart of the top tags and of the quality/rating/period distribution (PNG).
+
+    Example: tagtune tags my-ws chart --out tags.png
+    """
     from tagtune.tags.chart import write_tags_chart
 
     ws = _workspace(ctx)

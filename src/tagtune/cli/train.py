@@ -35,7 +35,10 @@ def register(app: typer.Typer) -> None:
         ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Train the recipe's stages in order (all pending ones, or --stage NAME)."""
+        """Train the recipe's stages in order (all pending ones, or --stage NAME).
+
+        Example: tagtune train my-ws --stage main
+        """
 
         ws = open_workspace(workspace)
         if dry_run:

@@ -45,13 +45,13 @@ def parse_size(text: str | tuple[int, int]) -> tuple[int, int]:
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
         if not m:
             raise InputError(
-                "size must be WIDTHxHEIGHT", field="--size", value=text, allowed="e.g. 832x1216"
+                "size must be WIDTHxHEIGHT", field="size", value=text, allowed="e.g. 832x1216"
             )
         w, h = int(m.group(1)), int(m.group(2))
     if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or w % 8 or h % 8:
         raise InputError(
             f"width and height must be multiples of 8 from 8 to {MAX_SIDE}",
-            field="--size",
+            field="size",
             value=f"{w}x{h}",
             allowed="e.g. 832x1216, 1024x1024",
         )
@@ -196,10 +196,10 @@ def generate(
     width, height = parse_size(size)
     if sampler not in SCHEDULERS:
         raise InputError(
-            "unknown sampler", field="--sampler", value=sampler, allowed=", ".join(SCHEDULERS)
+            "unknown sampler", field="sampler", value=sampler, allowed=", ".join(SCHEDULERS)
         )
     for field, value, low in (
-        ("--steps", steps, 1), ("-n", n, 1), ("--clip-skip", clip_skip, 1), ("--cfg", cfg, 1),
+        ("steps", steps, 1), ("n", n, 1), ("clip_skip", clip_skip, 1), ("cfg", cfg, 1),
     ):  # fmt: skip
         if not (math.isfinite(value) and value >= low):
             raise InputError(f"must be at least {low}", field=field, value=value)

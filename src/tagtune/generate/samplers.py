@@ -56,7 +56,7 @@ def make_scheduler(name: str, config: dict[str, Any]):
 
     if name not in SCHEDULERS:
         raise InputError(
-            "unknown sampler", field="--sampler", value=name, allowed=", ".join(SCHEDULERS)
+            "unknown sampler", field="sampler", value=name, allowed=", ".join(SCHEDULERS)
         )
     cls_name, overrides = SCHEDULERS[name]
     cls = getattr(diffusers, cls_name)

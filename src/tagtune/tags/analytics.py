@@ -23,7 +23,7 @@ from tagtune.tags.index import (
     TagIndex,
     column_counts,
     subset_expr,
-    subset_flags,
+    subset_fields,
     subset_mask,
     tag_index,
 )
@@ -202,7 +202,7 @@ def top_tags(
     expr = subset_expr(subset, where)
     with open_catalog(ws.catalog_path, read_only=True) as con:
         index = tag_index(ws, con)
-        mask = subset_mask(con, index, expr, subset_flags(subset, where))
+        mask = subset_mask(con, index, expr, subset_fields(subset, where))
     return TopResult(expr, int(mask.sum()), group, top_in(index, mask, group, n))
 
 
@@ -215,7 +215,7 @@ def similar_tags(
     with open_catalog(ws.catalog_path, read_only=True) as con:
         index = tag_index(ws, con)
         col = resolve_tag(index, tag)
-        universe = subset_mask(con, index, expr, subset_flags(subset, where))
+        universe = subset_mask(con, index, expr, subset_fields(subset, where))
     rows = similar_in(index, col, universe, n)
     count = int(universe[index.X.indices[index.X.indptr[col] : index.X.indptr[col + 1]]].sum())
     return SimilarResult(
@@ -243,8 +243,8 @@ def suggest_tags(
     expr = subset_expr(subset or ("all" if where else "favorites"), where)
     with open_catalog(ws.catalog_path, read_only=not store) as con:
         index = tag_index(ws, con)
-        target = subset_mask(con, index, expr, subset_flags(subset, where))
-        universe = subset_mask(con, index, against, "--against") | target
+        target = subset_mask(con, index, expr, subset_fields(subset, where))
+        universe = subset_mask(con, index, against, "against") | target
         if not target.any():
             raise InputError(
                 "no captioned post is in this subset",

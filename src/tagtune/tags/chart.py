@@ -119,7 +119,7 @@ def write_tags_chart(
     expr = tg.subset_expr(subset, where)
     with open_catalog(ws.catalog_path, read_only=True) as con:
         index = tg.tag_index(ws, con)
-        mask = tg.subset_mask(con, index, expr, tg.subset_flags(subset, where))
+        mask = tg.subset_mask(con, index, expr, tg.subset_fields(subset, where))
     count = tg.column_counts(index, mask)
     content = (count > 0) & ~np.isin(index.groups, tg.TOKEN_GROUPS)
     cols = np.flatnonzero(content)

@@ -62,7 +62,7 @@ def export_model(
     """
     if dtype is not None and dtype not in DTYPES:
         raise InputError(
-            "not an allowed dtype", field="--dtype", value=dtype, allowed=", ".join(DTYPES)
+            "not an allowed dtype", field="dtype", value=dtype, allowed=", ".join(DTYPES)
         )
     recipe = workspace_recipe(ws)
     run_dir = ws.runs_dir / (run or recipe.train.run)
