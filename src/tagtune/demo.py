@@ -128,7 +128,7 @@ class DemoResult:
 
 
 def run_demo(
-    folder: str | Path,
+    folder: str | Path = Path("demo-workspace"),
     size: DemoSize = FULL,
     seed: int = 0,
     step: Callable[[str], None] | None = None,

@@ -4,7 +4,7 @@ The root group of the app (`TagtuneGroup`) runs every command. A `TagtuneError` 
 becomes `error: ...` (+ `hint: ...`) on stderr and exit code 2 inside the app itself, so
 `CliRunner().invoke(app, ...)` sees what a user's shell sees. Library errors name a parameter
 (`clip_skip`) or a recipe key (`train.stages[0].subset`); when the field is a parameter of the
-command that ran, the line shows its flag (`--clip-skip`) or its argument's name (`WS`).
+command that ran, the line shows its flag (`--clip-skip`) or its argument's metavar (`WS`).
 Ctrl-C (and SIGTERM, which `main()` turns into Ctrl-C) exits 130 with `interrupted`; what the
 command's writers freed of killed writes' temporaries is reported on stderr in every case.
 """
@@ -50,13 +50,13 @@ class TagtuneGroup(TyperGroup):
 
 def flag_names(command: Any) -> dict[str, str]:
     """Parameter name -> what the user types for it: `clip_skip` -> `--clip-skip`, `n` -> `-n`,
-    an argument -> its metavar or upper-case name (`WS`)."""
+    an argument -> its metavar where it has one (`WS`), else its name as the help shows it."""
     names: dict[str, str] = {}
     for param in getattr(command, "params", []):
         if not param.name:
             continue
         if isinstance(param, TyperArgument):
-            names[param.name] = param.metavar or param.name.upper()
+            names[param.name] = param.metavar or param.name
         elif param.opts:
             longs = [o for o in param.opts if o.startswith("--")]
             names[param.name] = (longs or param.opts)[0]

@@ -11,16 +11,6 @@ from tagtune.cli.common import console, print_json
 from tagtune.core.errors import InputError
 from tagtune.generate.infotext import read_png_infotext
 
-DEFAULTS = {
-    "negative": "worst quality",
-    "steps": 28,
-    "cfg": 7.0,
-    "sampler": "euler_a",
-    "seed": None,
-    "size": "832x1216",
-    "clip_skip": 1,
-}
-
 
 def register(app: typer.Typer) -> None:
     """Add `generate` to the app."""
@@ -49,7 +39,9 @@ def register(app: typer.Typer) -> None:
         clip_skip: int | None = typer.Option(
             None, "--clip-skip", help="A1111 numbering; 1 = SDXL default, at most 12."
         ),
-        out: Path = typer.Option(Path("outputs"), "--out", help="Folder for the PNGs."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Folder for the PNGs (default: outputs)."
+        ),
         from_png: Path | None = typer.Option(
             None, "--from-png", help="Re-run the parameters of this image."
         ),
@@ -67,10 +59,7 @@ def register(app: typer.Typer) -> None:
         from tagtune.generate.pipeline import generate as run_generate
         from tagtune.generate.pipeline import params_from_png
 
-        base = dict(DEFAULTS)
-        if from_png is not None:
-            base.update(params_from_png(from_png))
-        elif prompt is None:
+        if from_png is None and prompt is None:
             raise InputError("a PROMPT is needed (or --from-png FILE)", field="PROMPT")
         given = {
             "prompt": prompt,
@@ -80,24 +69,26 @@ def register(app: typer.Typer) -> None:
             "sampler": sampler,
             "seed": seed,
             "size": size,
+            "n": n,
             "clip_skip": clip_skip,
+            "out_dir": out,
+            "tokenizers": tokenizers,
         }
-        n = n if n is not None else (1 if from_png is not None else 4)
-        params = {**base, **{k: v for k, v in given.items() if v is not None}}
+        params = params_from_png(from_png) if from_png is not None else {}
+        params.update({k: v for k, v in given.items() if v is not None})
         with Progress(console=console, disable=as_json, transient=True) as bar:
-            task = bar.add_task("generating", total=n)
+            task = bar.add_task("generating", total=None)
             paths = run_generate(
                 ckpt,
-                n=n,
-                out_dir=out,
-                tokenizers=tokenizers,
-                progress=lambda done, _total: bar.update(task, completed=done),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
                 **params,
             )
         if as_json:
             seeds = [read_png_infotext(p).seed for p in paths]
-            print_json({"images": [str(p) for p in paths], "seeds": seeds, "params": params})
+            used = {**params_from_png(paths[0]), "n": len(paths)} if paths else {}
+            print_json({"images": [str(p) for p in paths], "seeds": seeds, "params": used})
             return
-        console.print(Text.assemble(f"wrote {len(paths)} image(s) to ", (str(out), "bold")))
+        folder = paths[0].parent if paths else out
+        console.print(Text.assemble(f"wrote {len(paths)} image(s) to ", (str(folder), "bold")))
         for p in paths:
             console.print(f"  {p}")

@@ -175,13 +175,13 @@ def _next_index(out_dir: Path) -> int:
 def generate(
     model: Any,
     prompt: str,
-    negative: str = "",
+    negative: str = "worst quality",
     steps: int = 28,
     cfg: float = 7.0,
     sampler: str = "euler_a",
     seed: int | None = None,
     size: str | tuple[int, int] = (832, 1216),
-    n: int = 1,
+    n: int = 4,
     clip_skip: int = 1,
     out_dir: str | Path = "outputs",
     tokenizers: str | Path | None = None,
@@ -241,7 +241,8 @@ def generate(
 
 
 def params_from_png(path: str | Path) -> dict[str, Any]:
-    """The generate() keyword arguments recorded in an image's infotext (for `--from-png`)."""
+    """The generate() keyword arguments recorded in an image's infotext (for `--from-png`):
+    one image (`n` = 1) with the image's prompt, settings and seed."""
     info = read_png_infotext(path)
     if info.sampler not in SCHEDULERS:
         raise InputError(
@@ -260,4 +261,5 @@ def params_from_png(path: str | Path) -> dict[str, Any]:
         "seed": info.seed,
         "size": (info.width, info.height),
         "clip_skip": info.clip_skip,
+        "n": 1,
     }

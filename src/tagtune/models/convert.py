@@ -42,7 +42,7 @@ def _check_output(out: Path, overwrite: bool, fmt: str, dtype: str, inputs: Inpu
     from tagtune.models.save import parse_dtype
 
     if fmt not in FORMATS:
-        raise InputError("unknown format", field="format", value=fmt, allowed=", ".join(FORMATS))
+        raise InputError("unknown format", field="fmt", value=fmt, allowed=", ".join(FORMATS))
     parse_dtype(dtype)
     if fmt == "single-file" and out.suffix != ".safetensors":
         raise InputError(
