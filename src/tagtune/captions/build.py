@@ -26,6 +26,7 @@ from tagtune.captions.write import ChunkWriter, chunk_tables, concat_chunks, wri
 from tagtune.core.atomic import atomic_path
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
+from tagtune.core.results import Result
 from tagtune.core.stale_temps import clean_stale_temps
 from tagtune.core.workspace import Workspace
 from tagtune.ingest.safety import CAPTION_VERDICT
@@ -64,7 +65,7 @@ WHERE posts.excluded IS NULL OR starts_with(posts.excluded, '{CAPTION_VERDICT}')
 
 
 @dataclass
-class CaptionSummary:
+class CaptionSummary(Result):
     """What `tagtune caption` did, for the one-screen summary and `--json`.
 
     `missing` counts posts without a score, without a known rating letter, without a date;

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tagtune.core.atomic import write_text_atomic
 from tagtune.core.errors import InputError
+from tagtune.core.results import Result
 from tagtune.core.stale_temps import clean_stale_temps_in
 from tagtune.core.workspace import Workspace
 
@@ -40,7 +41,7 @@ Progress = Callable[[str, int, int], None]
 
 
 @dataclass
-class SidecarResult:
+class SidecarResult(Result):
     """What `sync_sidecars` did.
 
     `sidecars`: included images whose sidecar holds their caption afterwards; `written`: files

@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
                 _print_show(info)
             return
         if as_json:
-            print_json(build_captions(w, **side).to_json())
+            print_json(build_captions(w, **side))
             return
         from rich.progress import Progress
 

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
             open_workspace(workspace), run=run, stage=stage, out=out, dtype=dtype, force=force
         )
         if json_out:
-            print_json(result.to_json())
+            print_json(result)
             return
         console.print(
             Text.assemble("exported stage ", (result.stage, "bold"), f" to {result.path}")

@@ -24,15 +24,8 @@ def _human(n: int) -> str:
 
 
 def _written(result, as_json: bool, title: str) -> None:
-    data = {
-        "path": str(result.path),
-        "format": result.format,
-        "dtype": result.dtype,
-        "tensors": result.tensors,
-        "bytes": result.bytes,
-    }
     if as_json:
-        print_json(data)
+        print_json(result)
         return
     console.print(
         Text.assemble(
@@ -120,9 +113,7 @@ def register(app: typer.Typer) -> None:
 
         r = bake_vae(ckpt, vae, out, force=force)
         if as_json:
-            print_json(
-                {"path": str(r.path), "vae": r.vae, "replaced": r.replaced, "changed": r.changed}
-            )
+            print_json(r)
             return
         console.print(
             Text.assemble(

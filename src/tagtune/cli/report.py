@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         if not watch:
             result = write_report(ws, out=out, force=force)
             if as_json:
-                print_json(result.to_json())
+                print_json(result)
             else:
                 console.print(f"wrote {result.summary()}")
             return
@@ -55,6 +55,6 @@ def register(app: typer.Typer) -> None:
             ),
         )
         if as_json:
-            print_json(result.to_json() if result else {"path": None})
+            print_json(result if result else {"path": None})
         elif result is not None:
             console.print(f"stopped; the page is {result.path}")

@@ -78,7 +78,7 @@ def top(
     with _busy():
         res = top_tags(_workspace(ctx), subset=subset, where=where, group=group, n=n)
     if as_json:
-        return print_json(res.to_dict())
+        return print_json(res)
     title = f"top tags of {res.subset}" + (f" ({res.group})" if res.group else "")
     console.print(_table(f"{title}: {res.posts:,} posts", res.tags, False, res.posts))
 
@@ -101,7 +101,7 @@ def similar(
     with _busy():
         res = similar_tags(_workspace(ctx), tag, n=n, subset=subset, where=where)
     if as_json:
-        return print_json(res.to_dict())
+        return print_json(res)
     title = f"tags like {res.tag!r} ({res.group}, {res.count:,} of {res.posts:,} posts)"
     console.print(_table(title, res.tags, True, res.posts))
 
@@ -128,7 +128,7 @@ def suggest(
     with _busy():
         res = suggest_tags(ws, subset, against=against, where=where, n=n, min_count=min_count)
     if as_json:
-        return print_json(res.to_dict())
+        return print_json(res)
     title = (
         f"recommended tags for {res.subset} ({res.subset_posts:,} posts) "
         f"against {res.against} ({res.posts:,} posts), min count {res.min_count}"
@@ -162,7 +162,7 @@ def chart(
     with _busy():
         res = write_tags_chart(ws, out, subset=subset, where=where, n=n, force=force)
     if as_json:
-        return print_json(res.to_dict())
+        return print_json(res)
     console.print(f"wrote {res.out} ({res.bytes:,} bytes): top {len(res.top)} tags of {res.subset}")
     for group, items in res.distributions.items():
         line = f"  {group}: " + ", ".join(f"{t} {c:,}" for t, c in items)

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         if os.environ.get("RANK", "0") != "0":  # under a launcher, process 0 reports
             return
         if json_out:
-            print_json(summary.to_json())
+            print_json(summary)
             return
         for note in summary.notes:
             console.print(Text(note, style="dim"))

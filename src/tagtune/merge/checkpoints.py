@@ -28,6 +28,7 @@ import torch
 from tagtune.core.atomic import atomic_path
 from tagtune.core.errors import InputError, ModelFileError
 from tagtune.core.outputs import claim_output
+from tagtune.core.results import Result
 from tagtune.merge.blocks import BLOCK_INDEX, block_of, parse_blocks, part_of
 from tagtune.merge.io import (
     DTYPE_NAMES,
@@ -135,7 +136,7 @@ class MergeSpec:
 
 
 @dataclass
-class MergeResult:
+class MergeResult(Result):
     """What a merge wrote: path, counts, timing, the parents' names and hashes."""
 
     path: Path

@@ -10,6 +10,7 @@ import torch
 
 from tagtune.core.errors import InputError
 from tagtune.core.outputs import Inputs, check_output, claim_output
+from tagtune.core.results import Result
 from tagtune.models.modelspec import modelspec_metadata
 
 Format = Literal["single-file", "diffusers"]
@@ -17,7 +18,7 @@ FORMATS: tuple[str, ...] = ("single-file", "diffusers")
 
 
 @dataclass(frozen=True)
-class WriteResult:
+class WriteResult(Result):
     """A model written: where, in which layout and dtype, and how many tensors it holds."""
 
     path: Path

@@ -11,13 +11,14 @@ and favorites or exclusions changed after captioning are honoured without a rebu
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
+from tagtune.core.results import Result
 from tagtune.core.workspace import Workspace
 from tagtune.tags.index import (
     TagIndex,
@@ -64,13 +65,13 @@ class TagStat:
 
 
 @dataclass(frozen=True)
-class TopResult:
+class TopResult(Result):
     subset: str
     posts: int
     group: str | None
     tags: list[TagStat]
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         """JSON form: each tag with its posts and its share of the subset's posts."""
         rows = [
             {"tag": t.tag, "group": t.group, "count": t.count, "share": t.count / self.posts}
@@ -80,7 +81,7 @@ class TopResult:
 
 
 @dataclass(frozen=True)
-class SimilarResult:
+class SimilarResult(Result):
     tag: str
     group: str
     count: int
@@ -88,12 +89,9 @@ class SimilarResult:
     posts: int
     tags: list[TagStat]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class SuggestResult:
+class SuggestResult(Result):
     subset: str
     against: str
     subset_posts: int
@@ -104,9 +102,6 @@ class SuggestResult:
     """The recommended tags as one ready prompt line (parentheses escaped A1111-style)."""
     note: str = ""
     """Said when the ranking cannot single anything out (the subset is the reference set)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _stats(index: TagIndex, cols: np.ndarray, count, inter=None, jac=None) -> list[TagStat]:

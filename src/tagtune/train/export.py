@@ -14,6 +14,7 @@ from typing import Any
 
 from tagtune.core.errors import InputError, TrainingError
 from tagtune.core.outputs import claim_output
+from tagtune.core.results import Result
 from tagtune.core.workspace import Workspace
 from tagtune.models.hashes import file_hashes
 from tagtune.models.recipe_model import vae_source_of
@@ -31,7 +32,7 @@ DTYPES = ("fp16", "bf16", "fp32")
 
 
 @dataclass
-class ExportResult:
+class ExportResult(Result):
     """Where the export went, from which stage, and its hashes."""
 
     path: Path

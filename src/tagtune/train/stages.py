@@ -18,6 +18,7 @@ import torch
 
 from tagtune.core.catalog import check_subset, open_catalog
 from tagtune.core.errors import TrainingError
+from tagtune.core.results import Result
 from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
 from tagtune.ingest.verdicts import catalog_is_current
@@ -43,7 +44,7 @@ SUMMARY_KEYS = ("name", "images", "steps", "seconds", "final_loss", "final_state
 
 
 @dataclass
-class TrainSummary:
+class TrainSummary(Result):
     """What `run_training` did: stages run, skipped, messages, and where the run lives."""
 
     run_dir: Path
