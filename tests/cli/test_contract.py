@@ -25,7 +25,7 @@ LIBRARY = {
     ("hash",): ("tagtune.models.hashes:file_hashes", {}),
     ("tiny-model",): (
         "tagtune.models.convert:write_tiny_model",
-        {"fmt": "fmt", "force": "overwrite"},
+        {"force": "overwrite"},
     ),
     ("prepare",): ("tagtune.prepare.run:prepare_workspace", {"vae_batch": "vae_batch_size"}),
     ("train",): ("tagtune.train.stages:run_training", {}),

@@ -13,13 +13,13 @@ from tagtune.cli import (
     export,
     generate,
     ingest,
+    init,
     merge,
     models,
     prepare,
     report,
     tags,
     train,
-    workspace,
 )
 from tagtune.cli.errors import TagtuneGroup
 from tagtune.cli.help import hide_flag_types
@@ -44,7 +44,7 @@ def _root() -> None:
 
 
 for module in (
-    workspace,
+    init,
     ingest,
     caption,
     tags,
