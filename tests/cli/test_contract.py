@@ -119,3 +119,20 @@ def test_fields_that_are_not_parameters_stay_as_they_are(capsys):
         "error: --subset/--where = 'x': not a subset condition",
         "error: train.stages[0].subset = 'x': bad",
     ]
+
+
+def test_parameters_in_backquotes_become_flags_in_reason_and_hint(capsys, tmp_path):
+    flags = {"force": "--force", "sidecars_dir": "--sidecars-dir"}
+    exc = InputError(
+        "not replaced, not even with `force`", file="x.png", hint="use `force` or `out`"
+    )
+    assert exc.message() == "x.png: not replaced, not even with `force`"  # the library's words
+    print_error(exc, flags)
+    assert capsys.readouterr().err.splitlines() == [
+        "error: x.png: not replaced, not even with --force",
+        "hint: use --force or `out`",  # `out` is no parameter of this command: left as it is
+    ]
+    ws = tmp_path / "ws"
+    assert invoke("init", ws).code == 0
+    res = invoke("init", ws)
+    assert res.code == 2 and res.err.splitlines()[1] == "hint: use --force to overwrite it"

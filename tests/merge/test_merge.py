@@ -211,7 +211,7 @@ def test_key_set_mismatch_lists_the_first_keys(tmp_path):
         (
             MergeSpec(alpha=0.1, blocks=(0.0,) * 20),
             False,
-            "alpha = 0.1: give --alpha or --blocks, not both",
+            "alpha = 0.1: give `alpha` or `blocks`, not both",
         ),
         (
             MergeSpec(alpha=7.0),
@@ -349,7 +349,7 @@ def test_output_may_not_overwrite_an_input(parents):
     with pytest.raises(InputError) as exc:
         merge_checkpoints(a, b, a, MergeSpec(), force=True)
     assert str(exc.value) == (
-        f"{a}: would replace parent A; an input is never replaced, not even with --force"
+        f"{a}: would replace parent A; an input is never replaced, not even with `force`"
     )
     assert a.read_bytes() == before
 

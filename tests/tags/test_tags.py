@@ -272,7 +272,7 @@ def test_bad_against_and_no_captions_errors(tmp_path):
     with pytest.raises(InputError) as err:
         tg.suggest_tags(cat.ws, against="scroe > 1")
     assert err.value.message().startswith(
-        "--against = 'scroe > 1': not a subset condition: column scroe is not a subset column"
+        "against = 'scroe > 1': not a subset condition: column scroe is not a subset column"
     )
     empty = make_catalog(tmp_path / "empty", [])
     with pytest.raises(WorkspaceError) as err:

@@ -155,7 +155,7 @@ def build_captions(
     t0 = time.perf_counter()
     sidecars = sidecars or sidecars_dir is not None
     if overwrite and not sidecars:
-        raise InputError("only applies to sidecars", field="overwrite", hint="add --sidecars")
+        raise InputError("only applies to sidecars", field="overwrite", hint="add `sidecars`")
     if sidecars_dir is not None and Path(sidecars_dir).exists() and not Path(sidecars_dir).is_dir():
         raise InputError("is not a folder", file=sidecars_dir, field="sidecars_dir")
     clean_stale_temps(ws.captions_path)

@@ -203,14 +203,14 @@ def sync_sidecars(
             f"{len(folders)} sidecar path(s) are folders: {_listed(folders)}; no sidecar "
             "was written",
             field="sidecars",
-            hint="move them, or write the sidecars elsewhere with --sidecars-dir DIR",
+            hint="move them, or write the sidecars elsewhere with `sidecars_dir`",
         )
     if conflicts and not overwrite:
         raise InputError(
             f"{len(conflicts)} existing sidecar file(s) were not written by tagtune or were "
             f"changed since: {_listed(conflicts)}; no sidecar was written",
             field="sidecars",
-            hint="write them elsewhere with --sidecars-dir DIR, or replace them with --overwrite",
+            hint="write them elsewhere with `sidecars_dir`, or replace them with `overwrite`",
         )
     result = SidecarResult(sidecars=len(plan))
     result.removed, result.kept = _remove_excluded(con)

@@ -4,7 +4,9 @@ The root group of the app (`TagtuneGroup`) runs every command. A `TagtuneError` 
 becomes `error: ...` (+ `hint: ...`) on stderr and exit code 2 inside the app itself, so
 `CliRunner().invoke(app, ...)` sees what a user's shell sees. Library errors name a parameter
 (`clip_skip`) or a recipe key (`train.stages[0].subset`); when the field is a parameter of the
-command that ran, the line shows its flag (`--clip-skip`) or its argument's metavar (`WS`).
+command that ran, the line shows its flag (`--clip-skip`) or its argument's metavar (`WS`); a
+parameter named in backquotes in the reason or hint ("use `force` to replace it") is shown the
+same way ("use --force to replace it").
 Ctrl-C (and SIGTERM, which `main()` turns into Ctrl-C) exits 130 with `interrupted`; what the
 command's writers freed of killed writes' temporaries is reported on stderr in every case.
 """
@@ -12,6 +14,7 @@ command's writers freed of killed writes' temporaries is reported on stderr in e
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import typer
@@ -64,14 +67,23 @@ def flag_names(command: Any) -> dict[str, str]:
 
 
 def print_error(exc: TagtuneError, flags: dict[str, str] | None = None) -> None:
-    """Print `error: ...` (+ `hint: ...`) on stderr, the field shown as the user's flag
-    (`subset/where`, two parameters together, becomes `--subset/--where`)."""
+    """Print `error: ...` (+ `hint: ...`) on stderr, parameters shown as the user's flags: the
+    field (`subset/where`, two parameters together, becomes `--subset/--where`) and any
+    `name` in backquotes in the reason or hint."""
     shown = exc
-    if exc.field and flags:
+    if flags:
         shown = copy.copy(exc)
-        shown.field = "/".join(flags.get(part, part) for part in exc.field.split("/"))
-    for line in error_line(shown.message(), exc.hint):
+        if exc.field:
+            shown.field = "/".join(flags.get(part, part) for part in exc.field.split("/"))
+        shown.reason = _flags_in_text(exc.reason, flags)
+    hint = _flags_in_text(exc.hint, flags) if exc.hint and flags else exc.hint
+    for line in error_line(shown.message(), hint):
         err_console.print(line, soft_wrap=True)
+
+
+def _flags_in_text(text: str, flags: dict[str, str]) -> str:
+    """`text` with each backquoted parameter name (`force`) replaced by its flag (--force)."""
+    return re.sub(r"`(\w+)`", lambda m: flags.get(m.group(1), m.group(0)), text)
 
 
 def _leaf_command(ctx: Any) -> Any:

@@ -84,7 +84,7 @@ class MergeSpec:
                 value=self.mode,
             )
         if self.alpha is not None and self.blocks is not None:
-            raise InputError("give --alpha or --blocks, not both", field="alpha", value=self.alpha)
+            raise InputError("give `alpha` or `blocks`, not both", field="alpha", value=self.alpha)
         if self.blocks is not None:
             for v in parse_blocks(list(self.blocks)):
                 if not (math.isfinite(v) and 0.0 <= v <= 1.0):

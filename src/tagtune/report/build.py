@@ -75,7 +75,7 @@ def check_target(page: Path, force: bool = False) -> None:
         raise WorkspaceError(
             "exists and is not a report tagtune wrote; it is kept",
             file=page,
-            hint="use --force to replace it, or --out to write elsewhere",
+            hint="use `force` to replace it, or `out` to write elsewhere",
         )
 
 

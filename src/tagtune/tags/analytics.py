@@ -261,7 +261,7 @@ def suggest_tags(
         prompt_line([r.tag for r in rows]),
         note=(
             f"the subset holds every post of the reference set ({against!r}): the ranking is "
-            "plain tag frequency; compare with a larger set (--against) or a narrower subset"
+            "plain tag frequency; compare with a larger set (`against`) or a narrower subset"
             if same
             else ""
         ),

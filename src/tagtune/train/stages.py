@@ -305,7 +305,7 @@ def resume_point(ctx: RunContext, st: StageConfig, resume: bool) -> Path | None:
     if resume_from is not None and not resume:
         raise TrainingError(
             f"stage {st.name!r} has resumable states ({resume_from.name})",
-            file=states.parent, hint="continue with --resume, or remove the folder to start over",
+            file=states.parent, hint="continue with `resume`, or remove the folder to start over",
         )  # fmt: skip
     if resume_from is not None:
         ctx.summary.notes.append(f"stage {st.name!r}: resuming from {resume_from.name}")
