@@ -1,7 +1,9 @@
-"""Run `tagtune VERB ...` through the real entry point (`tagtune.cli.main.main`) in-process.
+"""Run `tagtune VERB ...` in-process and see what a user sees: exit code, stdout, stderr.
 
-Unlike `CliRunner().invoke(app, ...)`, this goes through what a user's shell reaches: library
-errors become one `error:` line and exit code 2, and the stale-temporaries report is printed.
+`invoke` goes through Typer's test runner (`CliRunner().invoke(app, ...)`); `run_cli` through
+the real entry point (`tagtune.cli.main.main`, which also turns SIGTERM into Ctrl-C). Both see
+a library error as one `error:` line (+ `hint:`) and exit code 2, and the stale-temporaries
+report on stderr.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ class CliResult:
     def error_lines(self) -> list[str]:
         """The `error:` lines on stderr."""
         return [line for line in self.err.splitlines() if line.startswith("error:")]
+
+
+def invoke(*args, input: str | None = None) -> CliResult:
+    """Run `tagtune *args` through the test runner; returns its exit code, stdout and stderr."""
+    from typer.testing import CliRunner
+
+    from tagtune.cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
 def run_cli(capsys, *args) -> CliResult:

@@ -19,6 +19,7 @@ from typing import Any
 from tagtune.captions.build import build_captions
 from tagtune.card import write_card
 from tagtune.core.errors import InputError
+from tagtune.core.results import Result
 from tagtune.generate.pipeline import generate
 from tagtune.ingest.driver import ingest
 from tagtune.models.hashes import file_hashes
@@ -117,7 +118,7 @@ def demo_recipe(base: str, size: DemoSize = FULL) -> Recipe:
 
 
 @dataclass
-class DemoResult:
+class DemoResult(Result):
     """Where everything the demo made lives, and how long each step took."""
 
     root: Path
@@ -128,7 +129,7 @@ class DemoResult:
 
 
 def run_demo(
-    folder: str | Path,
+    folder: str | Path = Path("demo-workspace"),
     size: DemoSize = FULL,
     seed: int = 0,
     step: Callable[[str], None] | None = None,

@@ -45,10 +45,10 @@ def test_a_users_sidecar_is_refused_with_a_list_and_nothing_is_written(ws, capsy
     res = run_cli(capsys, "caption", ws.root, "--sidecars")
     assert res.code == 2
     assert res.error_lines == [
-        f"error: sidecars: 1 existing sidecar file(s) were not written by tagtune or were "
+        f"error: --sidecars: 1 existing sidecar file(s) were not written by tagtune or were "
         f"changed since: {_txt(ws, 'a.txt')}; no sidecar was written"
     ]
-    assert "--sidecars-dir DIR" in res.err and "--overwrite" in res.err
+    assert "--sidecars-dir" in res.err and "--overwrite" in res.err
     assert _txt(ws, "a.txt").read_text() == HAND_MADE
     assert not _txt(ws, "b.txt").exists()  # none written, not even the free one
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from cli_main import invoke
 from tagtune.cli.main import app
-from tagtune.core.errors import InputError, WorkspaceError
 from tagtune.recipe.workspace import init_workspace
 from tagtune.synthetic.collection import write_collection
 
@@ -85,12 +85,11 @@ def test_favorites_command(ingested):
 
 def test_errors_name_the_file(tmp_path):
     ws = init_workspace(tmp_path / "ws")
-    res = runner.invoke(app, ["ingest", str(ws.root), str(tmp_path / "missing")])
-    assert isinstance(res.exception, InputError)
-    assert res.exception.message() == f"{tmp_path / 'missing'}: SOURCE: no such file or folder"
-    res = runner.invoke(app, ["status", str(ws.root)])
-    assert isinstance(res.exception, WorkspaceError)
-    assert res.exception.message() == f"{ws.catalog_path}: no catalog yet"
+    res = invoke("ingest", ws.root, tmp_path / "missing")
+    assert res.code == 2
+    assert res.error_lines == [f"error: {tmp_path / 'missing'}: SOURCE: no such file or folder"]
+    res = invoke("status", ws.root)
+    assert res.code == 2 and res.error_lines == [f"error: {ws.catalog_path}: no catalog yet"]
 
 
 def test_ingest_a_dump_with_images_from_the_command_line(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cli_main import invoke as invoke_cli
 from tagtune.cli.main import app
 from tagtune.models.load import load_model
 from tagtune.models.safetensors_io import read_header
@@ -105,26 +106,28 @@ def test_bad_option_gives_a_one_line_error_and_exit_code_2(tmp_path):
     cmd = [sys.executable, "-m", "tagtune.cli.main", "tiny-model", str(tmp_path / "x.safetensors")]
     proc = subprocess.run([*cmd, "--dtype", "fp8"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: dtype = 'fp8': unknown dtype (allowed: fp16, bf16, fp32)"
+    assert (
+        proc.stderr.strip() == "error: --dtype = 'fp8': unknown dtype (allowed: fp16, bf16, fp32)"
+    )
 
 
 def test_unknown_format_is_refused(tmp_path):
-    result = runner.invoke(app, ["tiny-model", str(tmp_path / "x"), "--format", "ckpt"])
-    assert (
-        str(result.exception) == "format = 'ckpt': unknown format (allowed: single-file, diffusers)"
-    )
+    result = invoke_cli("tiny-model", tmp_path / "x", "--format", "ckpt")
+    assert result.code == 2
+    assert result.error_lines == [
+        "error: --format = 'ckpt': unknown format (allowed: single-file, diffusers)"
+    ]
 
 
 def test_existing_output_is_not_replaced_without_force(tiny_file):
-    result = runner.invoke(app, ["tiny-model", str(tiny_file)])
-    assert result.exit_code != 0
-    assert isinstance(result.exception, Exception)
-    assert str(result.exception) == f"{tiny_file}: output exists"
+    result = invoke_cli("tiny-model", tiny_file)
+    assert result.code == 2 and result.error_lines == [f"error: {tiny_file}: output exists"]
 
 
 def test_single_file_output_needs_the_safetensors_extension(tmp_path):
-    result = runner.invoke(app, ["tiny-model", str(tmp_path / "model.ckpt")])
-    assert str(result.exception) == (
-        f"{tmp_path / 'model.ckpt'}: a single-file checkpoint needs the .safetensors extension "
-        "(UIs go by it)"
-    )
+    result = invoke_cli("tiny-model", tmp_path / "model.ckpt")
+    assert result.code == 2
+    assert result.error_lines == [
+        f"error: {tmp_path / 'model.ckpt'}: a single-file checkpoint needs the .safetensors "
+        "extension (UIs go by it)"
+    ]

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli_main import invoke
 from tagtune.cli.main import app
 from tagtune.core.errors import InputError
 from tagtune.generate.infotext import read_png_infotext
@@ -66,7 +67,7 @@ def test_generate_writes_pngs_whose_infotext_parses_back(tiny_sdxl, tmp_path):
     )
     assert Image.open(paths[0]).size == (64, 64)
     # a second run continues the numbering instead of overwriting
-    more = generate(tiny_sdxl, "smile", steps=1, size=(64, 64), seed=1, out_dir=tmp_path)
+    more = generate(tiny_sdxl, "smile", steps=1, size=(64, 64), n=1, seed=1, out_dir=tmp_path)
     assert more[0].name == "00002-1.png"
 
 
@@ -93,6 +94,7 @@ def test_from_png_reproduces_the_image(tiny_sdxl, tmp_path):
         "seed": 4,
         "size": (64, 64),
         "clip_skip": 1,
+        "n": 1,
     }
     again = generate(loaded, out_dir=tmp_path / "b", **params)
     assert np.array_equal(pixels(again[0]), pixels(first[1]))
@@ -112,14 +114,14 @@ SIZE_RULE = "width and height must be multiples of 8 from 8 to 4096"
 @pytest.mark.parametrize(
     ("size", "message"),
     [
-        ("64x60", f"--size = '64x60': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)"),
-        ("big", "--size = 'big': size must be WIDTHxHEIGHT (allowed: e.g. 832x1216)"),
-        ("0x64", f"--size = '0x64': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)"),
+        ("64x60", f"size = '64x60': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)"),
+        ("big", "size = 'big': size must be WIDTHxHEIGHT (allowed: e.g. 832x1216)"),
+        ("0x64", f"size = '0x64': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)"),
         (
             "100000x100000",  # used to grow until the kernel killed it
-            f"--size = '100000x100000': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)",
+            f"size = '100000x100000': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)",
         ),
-        ("4104x8", f"--size = '4104x8': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)"),
+        ("4104x8", f"size = '4104x8': {SIZE_RULE} (allowed: e.g. 832x1216, 1024x1024)"),
     ],
 )
 def test_bad_sizes(size, message):
@@ -131,17 +133,15 @@ def test_bad_sizes(size, message):
 def test_unknown_sampler_lists_the_allowed_ones(tiny_sdxl, tmp_path):
     with pytest.raises(InputError) as exc:
         generate(tiny_sdxl, "smile", sampler="plms", size="64x64", out_dir=tmp_path)
-    assert (
-        str(exc.value) == f"--sampler = 'plms': unknown sampler (allowed: {', '.join(SCHEDULERS)})"
-    )
+    assert str(exc.value) == f"sampler = 'plms': unknown sampler (allowed: {', '.join(SCHEDULERS)})"
 
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("cfg", -3.0, "--cfg = -3.0: must be at least 1"),
-        ("cfg", float("inf"), "--cfg = inf: must be at least 1"),
-        ("steps", 0, "--steps = 0: must be at least 1"),
+        ("cfg", -3.0, "cfg = -3.0: must be at least 1"),
+        ("cfg", float("inf"), "cfg = inf: must be at least 1"),
+        ("steps", 0, "steps = 0: must be at least 1"),
     ],
 )
 def test_out_of_range_settings_are_refused_before_loading(tmp_path, option, value, message):
@@ -181,7 +181,7 @@ def test_cli_generate_and_from_png(tiny_sdxl, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["seeds"] == [11, 12]
-    assert data["params"]["negative"] == "worst quality"  # the CLI's default negative prompt
+    assert data["params"]["negative"] == "worst quality"  # the library's default negative prompt
     first = data["images"][1]
     assert read_png_infotext(first).model_hash == "abcdef0123"
     res = runner.invoke(
@@ -194,9 +194,9 @@ def test_cli_generate_and_from_png(tiny_sdxl, tmp_path, monkeypatch):
 
 
 def test_cli_needs_a_prompt(tmp_path):
-    res = CliRunner().invoke(app, ["generate", str(tmp_path / "x.safetensors")])
-    assert isinstance(res.exception, InputError)
-    assert str(res.exception) == "PROMPT: a PROMPT is needed (or --from-png FILE)"
+    res = invoke("generate", tmp_path / "x.safetensors")
+    assert res.code == 2
+    assert res.error_lines == ["error: PROMPT: a PROMPT is needed (or --from-png FILE)"]
 
 
 def test_training_samples_are_the_images_tagtune_generate_makes(tiny_sdxl, tmp_path):
@@ -210,7 +210,7 @@ def test_training_samples_are_the_images_tagtune_generate_makes(tiny_sdxl, tmp_p
     sample = sample_images(tiny_sdxl, cfg, tmp_path / "samples", "tiny")[0]
     (made,) = generate(
         tiny_sdxl, LONG, cfg.sample_negative, steps=2, cfg=CFG_SCALE, sampler=SAMPLER, seed=9,
-        size=(64, 64), out_dir=tmp_path / "gen", device="cpu",
+        size=(64, 64), n=1, out_dir=tmp_path / "gen", device="cpu",
     )  # fmt: skip
     assert np.array_equal(pixels(sample), pixels(made))
     assert read_png_infotext(sample).prompt == read_png_infotext(made).prompt == LONG

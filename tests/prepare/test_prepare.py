@@ -12,9 +12,10 @@ import torch
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+from cli_main import invoke
 from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
-from tagtune.core.errors import InputError, RecipeError, WorkspaceError
+from tagtune.core.errors import WorkspaceError
 from tagtune.core.workspace import Workspace
 from tagtune.prepare.encode import open_latent_cache
 from tagtune.prepare.run import bucket_chart, plan_workspace, prepare_workspace
@@ -121,17 +122,18 @@ def test_chart_of_nothing_is_an_error(tmp_path):
 
 
 def test_cli_unknown_action(ws):
-    res = runner.invoke(app, ["prepare", str(ws.root), "graph"])
-    assert isinstance(res.exception, InputError)
-    assert str(res.exception) == "ACTION = 'graph': unknown action (allowed: chart)"
+    res = invoke("prepare", ws.root, "graph")
+    assert res.code == 2
+    assert res.error_lines == ["error: ACTION = 'graph': unknown action (allowed: chart)"]
 
 
 def test_cli_prepare_needs_a_base_model(ws):
-    res = runner.invoke(app, ["prepare", str(ws.root)])
-    assert isinstance(res.exception, RecipeError)
-    assert str(res.exception) == (
-        f"{ws.recipe_path}: model.base: no base model set; prepare encodes images with its VAE"
-    )
+    res = invoke("prepare", ws.root)
+    assert res.code == 2
+    assert res.error_lines == [
+        f"error: {ws.recipe_path}: model.base: no base model set; prepare encodes images with its"
+        " VAE"
+    ]
 
 
 def test_prepare_workspace_encodes_included_images_and_records_problems(ws, tiny_sdxl):

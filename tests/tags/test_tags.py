@@ -211,13 +211,13 @@ def test_bad_where_is_a_clear_error(tmp_path):
     with pytest.raises(InputError) as err:
         tg.top_tags(cat.ws, where="scor >= 10")
     assert err.value.message().startswith(
-        "--where = 'scor >= 10': not a subset condition: column scor is not a subset column "
+        "where = 'scor >= 10': not a subset condition: column scor is not a subset column "
         "(allowed: columns id, md5, created_at, date, score,"
     )
     with pytest.raises(InputError) as err:  # parsed and allowed, but DuckDB cannot bind it
         tg.top_tags(cat.ws, subset="created_at >= DATE '2021-01-01'")
     assert err.value.message().startswith(
-        "--subset = \"created_at >= DATE '2021-01-01'\": invalid subset WHERE clause: "
+        "subset = \"created_at >= DATE '2021-01-01'\": invalid subset WHERE clause: "
         "Binder Error: Cannot compare values of type VARCHAR and type DATE"
     )
 
@@ -272,7 +272,7 @@ def test_bad_against_and_no_captions_errors(tmp_path):
     with pytest.raises(InputError) as err:
         tg.suggest_tags(cat.ws, against="scroe > 1")
     assert err.value.message().startswith(
-        "--against = 'scroe > 1': not a subset condition: column scroe is not a subset column"
+        "against = 'scroe > 1': not a subset condition: column scroe is not a subset column"
     )
     empty = make_catalog(tmp_path / "empty", [])
     with pytest.raises(WorkspaceError) as err:

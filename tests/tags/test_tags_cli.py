@@ -11,9 +11,11 @@ import pytest
 from test_tags_data import Post, make_catalog
 from typer.testing import CliRunner
 
+from cli_main import invoke
 from tagtune.cli.main import app
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
+from tagtune.tags.analytics import similar_tags, top_tags
 
 runner = CliRunner()
 G3 = ["artist", "general", "general"]
@@ -124,14 +126,15 @@ def test_chart_writes_png(ws, tmp_path):
 
 
 def test_errors_are_library_errors(ws):
-    result = run(ws.root, "similar", "smiel")
-    assert isinstance(result.exception, InputError)
-    assert result.exception.message() == (
-        "tag = 'smiel': no caption has this tag; close matches: smile"
-    )
-    result = run(ws.root, "top", "--where", "nope(")
-    assert isinstance(result.exception, InputError)
-    assert result.exception.message().startswith("--where = 'nope(': not a subset condition")
+    with pytest.raises(InputError) as e:
+        similar_tags(ws, "smiel")
+    assert e.value.message() == "tag = 'smiel': no caption has this tag; close matches: smile"
+    with pytest.raises(InputError) as e:
+        top_tags(ws, where="nope(")
+    assert e.value.field == "where"
+    result = invoke("tags", ws.root, "top", "--where", "nope(")
+    assert result.code == 2 and len(result.error_lines) == 1
+    assert result.error_lines[0].startswith("error: --where = 'nope(': not a subset condition")
 
 
 def test_error_is_one_line_and_exit_code_2(ws):
@@ -148,8 +151,8 @@ def test_error_is_one_line_and_exit_code_2(ws):
 
 
 def test_not_a_workspace(tmp_path):
-    result = run(tmp_path / "nowhere", "top")
-    assert "not a tagtune workspace" in str(result.exception)
+    result = invoke("tags", tmp_path / "nowhere", "top")
+    assert result.code == 2 and "not a tagtune workspace" in result.error_lines[0]
 
 
 @pytest.mark.parametrize("verb", ["top", "similar", "suggest", "chart"])

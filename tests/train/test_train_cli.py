@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cli_main import invoke
 from tagtune.cli.main import app
-from tagtune.core.errors import WorkspaceError
 from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 
 
@@ -78,15 +78,16 @@ def test_train_then_export_from_the_command_line(tmp_path, tiny_sdxl):
 
 def test_train_without_a_base_model_says_what_to_set(tmp_path):
     ws, _ = make_training_workspace(tmp_path / "ws", tiny_train_recipe(), n=2)
-    res = CliRunner().invoke(app, ["train", str(ws.root)])
-    assert isinstance(res.exception, WorkspaceError)
-    assert str(res.exception) == f"{ws.recipe_path}: model.base: no base model in the recipe"
+    res = invoke("train", ws.root)
+    assert res.code == 2
+    assert res.error_lines == [f"error: {ws.recipe_path}: model.base: no base model in the recipe"]
 
 
 def test_export_before_training_is_a_clear_error(tmp_path):
     ws, _ = make_training_workspace(tmp_path / "ws", tiny_train_recipe(), n=2)
-    res = CliRunner().invoke(app, ["export", str(ws.root)])
-    assert str(res.exception) == f"{ws.runs_dir / 'run1'}: no completed stage to export"
+    res = invoke("export", ws.root)
+    assert res.code == 2
+    assert res.error_lines == [f"error: {ws.runs_dir / 'run1'}: no completed stage to export"]
 
 
 def test_under_a_launcher_only_process_0_prints_the_summary(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ from tagtune.captions.write import (
 from tagtune.core.atomic import atomic_path
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError, WorkspaceError
+from tagtune.core.results import Result
 from tagtune.core.stale_temps import clean_stale_temps
 from tagtune.core.workspace import Workspace
 from tagtune.ingest.safety import CAPTION_VERDICT
@@ -71,7 +72,7 @@ WHERE posts.excluded IS NULL OR starts_with(posts.excluded, '{CAPTION_VERDICT}')
 
 
 @dataclass
-class CaptionSummary:
+class CaptionSummary(Result):
     """What `tagtune caption` did, for the one-screen summary and `--json`.
 
     `missing` counts posts without a score, without a known rating letter, without a date;
@@ -161,9 +162,9 @@ def build_captions(
     t0 = time.perf_counter()
     sidecars = sidecars or sidecars_dir is not None
     if overwrite and not sidecars:
-        raise InputError("only applies to sidecars", field="--overwrite", hint="add --sidecars")
+        raise InputError("only applies to sidecars", field="overwrite", hint="add `sidecars`")
     if sidecars_dir is not None and Path(sidecars_dir).exists() and not Path(sidecars_dir).is_dir():
-        raise InputError("is not a folder", file=sidecars_dir, field="--sidecars-dir")
+        raise InputError("is not a folder", file=sidecars_dir, field="sidecars_dir")
     clean_stale_temps(ws.captions_path)
     recipe = workspace_recipe(ws)
     cfg = cfg or recipe.caption

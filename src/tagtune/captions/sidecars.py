@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tagtune.core.atomic import write_text_atomic
 from tagtune.core.errors import InputError
+from tagtune.core.results import Result
 from tagtune.core.stale_temps import clean_stale_temps_in
 from tagtune.core.workspace import Workspace
 
@@ -40,7 +41,7 @@ Progress = Callable[[str, int, int], None]
 
 
 @dataclass
-class SidecarResult:
+class SidecarResult(Result):
     """What `sync_sidecars` did.
 
     `sidecars`: included images whose sidecar holds their caption afterwards; `written`: files
@@ -182,7 +183,7 @@ def sync_sidecars(
     folder = Path(folder) if folder is not None else None
     if folder is not None:
         if folder.exists() and not folder.is_dir():
-            raise InputError("is not a folder", file=folder, field="--sidecars-dir")
+            raise InputError("is not a folder", file=folder, field="sidecars_dir")
         folder.mkdir(parents=True, exist_ok=True)
     targets = _targets(ws, rows, folder)
     recorded = dict(con.execute("SELECT path, sha256 FROM sidecars").fetchall())
@@ -202,14 +203,14 @@ def sync_sidecars(
             f"{len(folders)} sidecar path(s) are folders: {_listed(folders)}; no sidecar "
             "was written",
             field="sidecars",
-            hint="move them, or write the sidecars elsewhere with --sidecars-dir DIR",
+            hint="move them, or write the sidecars elsewhere with `sidecars_dir`",
         )
     if conflicts and not overwrite:
         raise InputError(
             f"{len(conflicts)} existing sidecar file(s) were not written by tagtune or were "
             f"changed since: {_listed(conflicts)}; no sidecar was written",
             field="sidecars",
-            hint="write them elsewhere with --sidecars-dir DIR, or replace them with --overwrite",
+            hint="write them elsewhere with `sidecars_dir`, or replace them with `overwrite`",
         )
     result = SidecarResult(sidecars=len(plan))
     result.removed, result.kept = _remove_excluded(con)

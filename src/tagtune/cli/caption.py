@@ -91,7 +91,10 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Build every included post's caption: catalog table, captions.jsonl, optional sidecars."""
+        """Build every included post's caption: catalog table, captions.jsonl, optional sidecars.
+
+        Example: tagtune caption my-ws --sidecars
+        """
         from tagtune.captions.build import build_captions, show_caption
 
         w = open_workspace(ws)
@@ -104,7 +107,7 @@ def register(app: typer.Typer) -> None:
                 _print_show(info)
             return
         if as_json:
-            print_json(build_captions(w, **side).to_json())
+            print_json(build_captions(w, **side))
             return
         with Progress() as bar:
             task = bar.add_task("captions", total=None)

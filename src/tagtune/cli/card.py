@@ -23,7 +23,10 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Replace an existing card."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Write the model card (Markdown) from run.json, the catalog and the export's hashes."""
+        """Write the model card (Markdown) from run.json, the catalog and the export's hashes.
+
+        Example: tagtune card my-ws
+        """
         from tagtune.card import write_card
 
         path = write_card(ws, run=run, out=out, force=force)

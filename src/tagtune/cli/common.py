@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from tagtune.core.results import json_ready
+
 console = Console(highlight=False, markup=False)
 err_console = Console(stderr=True, highlight=False, markup=False)
 
@@ -35,6 +37,8 @@ def error_line(message: str, hint: str | None = None) -> list[Text]:
 
 
 def print_json(data: Any) -> None:
-    """Print one JSON object on stdout (machine-readable output of `--json`)."""
-    sys.stdout.write(json.dumps(data, indent=None, sort_keys=False, default=str) + "\n")
+    """Print one JSON object on stdout (machine-readable output of `--json`): a library
+    `Result` through its `to_json()`, other data made JSON-ready the same way."""
+    text = json.dumps(json_ready(data), indent=None, sort_keys=False, default=str)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()

@@ -24,7 +24,10 @@ def register(app: typer.Typer) -> None:
             False, "--json", help="Print one JSON object instead of tables."
         ),
     ) -> None:
-        """Run ingest, caption, tags, prepare, train (2 stages), export, hash, card and generate."""
+        """Run ingest, caption, tags, prepare, train (2 stages), export, hash, card and generate.
+
+        Example: tagtune demo --quick
+        """
         from rich.table import Table
 
         from tagtune.demo import FULL, REDUCED, run_demo

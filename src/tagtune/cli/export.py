@@ -32,14 +32,17 @@ def register(app: typer.Typer) -> None:
         ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Write a single-file SDXL checkpoint from a run's last completed stage."""
+        """Write a single-file SDXL checkpoint from a run's last completed stage.
+
+        Example: tagtune export my-ws --dtype fp16
+        """
         from tagtune.train.export import export_model
 
         result = export_model(
             open_workspace(workspace), run=run, stage=stage, out=out, dtype=dtype, force=force
         )
         if json_out:
-            print_json(result.to_json())
+            print_json(result)
             return
         console.print(
             Text.assemble("exported stage ", (result.stage, "bold"), f" to {result.path}")

@@ -12,16 +12,6 @@ from tagtune.core.errors import InputError
 from tagtune.core.progress import Progress
 from tagtune.generate.infotext import read_png_infotext
 
-DEFAULTS = {
-    "negative": "worst quality",
-    "steps": 28,
-    "cfg": 7.0,
-    "sampler": "euler_a",
-    "seed": None,
-    "size": "832x1216",
-    "clip_skip": 1,
-}
-
 
 def register(app: typer.Typer) -> None:
     """Add `generate` to the app."""
@@ -53,27 +43,31 @@ def register(app: typer.Typer) -> None:
         clip_skip: int | None = typer.Option(
             None, "--clip-skip", help="A1111 numbering; 1 = SDXL default, at most 12."
         ),
-        out: Path = typer.Option(Path("outputs"), "--out", help="Folder for the PNGs."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Folder for the PNGs (default: outputs)."
+        ),
         from_png: Path | None = typer.Option(
             None, "--from-png", help="Re-run the parameters of this image."
         ),
         tokenizers: Path | None = typer.Option(
             None, "--tokenizers", help="Folder with tokenizer/ and tokenizer_2/."
         ),
-        lora: list[str] = typer.Option(
-            [], "--lora", help="A kohya LoRA applied in memory: FILE or FILE:STRENGTH (repeatable)."
+        lora: list[str] | None = typer.Option(
+            None,
+            "--lora",
+            help="A kohya LoRA applied in memory: FILE or FILE:STRENGTH (repeatable).",
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Generate images; each PNG carries A1111 infotext (Model hash = AutoV2)."""
+        """Generate images; each PNG carries A1111 infotext (Model hash = AutoV2).
+
+        Example: tagtune generate model.safetensors "1girl, red hair" -n 2 --seed 1
+        """
         from tagtune.generate.pipeline import generate as run_generate
         from tagtune.generate.pipeline import params_from_png
         from tagtune.models.lora_format import parse_lora_ref
 
-        base = dict(DEFAULTS)
-        if from_png is not None:
-            base.update(params_from_png(from_png, loras_given=bool(lora)))
-        elif prompt is None:
+        if from_png is None and prompt is None:
             raise InputError("a PROMPT is needed (or --from-png FILE)", field="PROMPT")
         given = {
             "prompt": prompt,
@@ -84,25 +78,27 @@ def register(app: typer.Typer) -> None:
             "sampler": sampler,
             "seed": seed,
             "size": size,
+            "n": n,
             "clip_skip": clip_skip,
+            "out_dir": out,
+            "tokenizers": tokenizers,
         }
-        n = n if n is not None else (1 if from_png is not None else 4)
-        params = {**base, **{k: v for k, v in given.items() if v is not None}}
+        params = params_from_png(from_png, loras_given=bool(lora)) if from_png is not None else {}
+        params.update({k: v for k, v in given.items() if v is not None})
         with Progress(enabled=not as_json, unit="images") as bar:
-            task = bar.add_task("generating", total=n)
+            task = bar.add_task("generating", total=None)
             paths = run_generate(
                 ckpt,
-                n=n,
-                out_dir=out,
-                tokenizers=tokenizers,
-                progress=lambda done, _total: bar.update(task, completed=done),
-                loras=[parse_lora_ref(text) for text in lora],
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                loras=[parse_lora_ref(text) for text in lora or []],
                 **params,
             )
         if as_json:
             seeds = [read_png_infotext(p).seed for p in paths]
-            print_json({"images": [str(p) for p in paths], "seeds": seeds, "params": params})
+            used = {**params_from_png(paths[0]), "n": len(paths)} if paths else {}
+            print_json({"images": [str(p) for p in paths], "seeds": seeds, "params": used})
             return
-        console.print(Text.assemble(f"wrote {len(paths)} image(s) to ", (str(out), "bold")))
+        folder = paths[0].parent if paths else out
+        console.print(Text.assemble(f"wrote {len(paths)} image(s) to ", (str(folder), "bold")))
         for p in paths:
             console.print(f"  {p}")

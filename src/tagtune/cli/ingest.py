@@ -83,7 +83,10 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Build or update the workspace catalog from SOURCEs (re-running changes nothing)."""
+        """Build or update the workspace catalog from SOURCEs (re-running changes nothing).
+
+        Example: tagtune ingest my-ws posts.jsonl --images ~/danbooru/images
+        """
         from tagtune.ingest import ingest as run_ingest
 
         w = open_workspace(ws)
@@ -111,7 +114,10 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Re-mark favorites from a list without re-ingesting; unknown entries are reported."""
+        """Re-mark favorites from a list without re-ingesting; unknown entries are reported.
+
+        Example: tagtune favorites my-ws favorites.txt --replace
+        """
         from tagtune.ingest import update_favorites
 
         result = update_favorites(open_workspace(ws), file, replace=replace)
@@ -146,7 +152,10 @@ def register(app: typer.Typer) -> None:
         ws: Path = typer.Argument(..., metavar="WS", help="Workspace folder."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Counts in the catalog: posts, images, favorites, per source, per rating, per year, problems."""
+        """Counts in the catalog: posts, images, favorites, per source, per rating, per year, problems.
+
+        Example: tagtune status my-ws
+        """
         from rich.table import Table
 
         from tagtune.ingest import read_status

@@ -37,8 +37,10 @@ def register(app: typer.Typer) -> None:
         base: Path = typer.Argument(..., help="The checkpoint it was tuned from."),
         out: Path = typer.Option(..., "--out", help="The LoRA file to write."),
         rank: int | None = typer.Option(None, "--rank", help="Rank of every module (default 32)."),
-        rank_for: list[str] = typer.Option(
-            [], "--rank-for", help="PATTERN=R: rank for modules whose kohya name matches the glob."
+        rank_for: list[str] | None = typer.Option(
+            None,
+            "--rank-for",
+            help="PATTERN=R: rank for modules whose kohya name matches the glob.",
         ),
         conv_rank: int | None = typer.Option(
             None, "--conv-rank", help="Rank of the convolutions (LoCon); default: none."
@@ -76,7 +78,7 @@ def register(app: typer.Typer) -> None:
                 base,
                 out,
                 rank=rank,
-                rank_for=parse_rank_for(rank_for),
+                rank_for=parse_rank_for(rank_for or []),
                 conv_rank=conv_rank,
                 dtype=dtype,
                 force=force,

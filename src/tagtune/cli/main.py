@@ -1,9 +1,8 @@
-"""`tagtune VERB`: registers every verb and turns library errors into one-line messages."""
+"""`tagtune VERB`: registers every verb; `cli/errors.py` turns library errors into one line."""
 
 from __future__ import annotations
 
 import signal
-import sys
 
 import typer
 
@@ -15,6 +14,7 @@ from tagtune.cli import (
     export,
     generate,
     ingest,
+    init,
     lora,
     merge,
     models,
@@ -22,15 +22,15 @@ from tagtune.cli import (
     report,
     tags,
     train,
-    workspace,
 )
-from tagtune.cli.common import err_console, error_line
-from tagtune.core.errors import TagtuneError
-from tagtune.core.stale_temps import freed_total, reset_freed_total
+from tagtune.cli.errors import TagtuneGroup
+from tagtune.cli.help import hide_flag_types
+
+hide_flag_types()
 
 app = typer.Typer(
     name="tagtune",
-    help="Turn a Danbooru-style image collection into a fine-tuned SDXL checkpoint.",
+    cls=TagtuneGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -39,11 +39,14 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Turn a Danbooru-style image collection into a fine-tuned SDXL checkpoint."""
+    """Turn a Danbooru-style image collection into a fine-tuned SDXL checkpoint.
+
+    Example: tagtune demo --quick (every verb once on a synthetic collection)
+    """
 
 
 for module in (
-    workspace,
+    init,
     ingest,
     caption,
     tags,
@@ -67,31 +70,13 @@ def _terminate(signum, frame) -> None:
 
 
 def main() -> None:
-    """Entry point: run the app; a TagtuneError becomes `error: ...` (+ hint) and exit code 2.
+    """Entry point: run the app (which turns a TagtuneError into `error: ...` and exit code 2).
 
     SIGTERM (timeout, a job scheduler, `docker stop`) is handled like Ctrl-C, so long verbs
     keep what they finished (prepare's encoded shard, for one) before they exit.
     """
     signal.signal(signal.SIGTERM, _terminate)
-    reset_freed_total()
-    try:
-        app()
-    except TagtuneError as exc:
-        for line in error_line(exc.message(), exc.hint):
-            err_console.print(line, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    finally:
-        _report_freed()
-
-
-def _report_freed() -> None:
-    """Say what the command's writers freed of what killed writes left (on stderr)."""
-    freed = freed_total()
-    if freed.files:
-        err_console.print(freed.message(), markup=False, soft_wrap=True)
+    app()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Merge checkpoints tensor by tensor: (1-alpha)A + alpha B, or A + alpha(B - C)."""
+        """Merge checkpoints tensor by tensor: (1-alpha)A + alpha B, or A + alpha(B - C).
+
+        Example: tagtune merge a.safetensors b.safetensors --alpha 0.3 --out ab.safetensors
+        """
         from tagtune.merge.checkpoints import MergeSpec, merge_checkpoints
 
         spec = MergeSpec(

@@ -25,15 +25,8 @@ def _human(n: int) -> str:
 
 
 def _written(result, as_json: bool, title: str) -> None:
-    data = {
-        "path": str(result.path),
-        "format": result.format,
-        "dtype": result.dtype,
-        "tensors": result.tensors,
-        "bytes": result.bytes,
-    }
     if as_json:
-        print_json(data)
+        print_json(result)
         return
     console.print(
         Text.assemble(
@@ -81,7 +74,10 @@ def register(app: typer.Typer) -> None:
         description: str = typer.Option("", "--description", help="ModelSpec description."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Convert a diffusers folder to an SDXL single file (ModelSpec metadata) and back."""
+        """Convert a diffusers folder to an SDXL single file (ModelSpec metadata) and back.
+
+        Example: tagtune convert sdxl-diffusers/ model.safetensors --dtype fp16
+        """
         from tagtune.models.convert import convert_model
 
         result = convert_model(
@@ -100,14 +96,15 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Write CKPT with every first_stage_model.* tensor replaced by the tensors of VAE."""
+        """Write CKPT with every first_stage_model.* tensor replaced by the tensors of VAE.
+
+        Example: tagtune bake-vae model.safetensors sdxl-vae.safetensors baked.safetensors
+        """
         from tagtune.models.vae_bake import bake_vae
 
         r = bake_vae(ckpt, vae, out, force=force)
         if as_json:
-            print_json(
-                {"path": str(r.path), "vae": r.vae, "replaced": r.replaced, "changed": r.changed}
-            )
+            print_json(r)
             return
         console.print(
             Text.assemble(
@@ -123,7 +120,10 @@ def register(app: typer.Typer) -> None:
         files: list[Path] = typer.Argument(..., help="Files to hash."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """SHA-256, AutoV1, AutoV2, AutoV3, CRC32 and BLAKE3 of each file, in one read pass."""
+        """SHA-256, AutoV1, AutoV2, AutoV3, CRC32 and BLAKE3 of each file, in one read pass.
+
+        Example: tagtune hash model.safetensors
+        """
         results = _hash_all(files, show=not as_json)
         if as_json:
             print_json(results)
@@ -156,7 +156,10 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Replace an existing output."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Write a tiny random SDXL model (full architecture, small widths) for tests and demos."""
+        """Write a tiny random SDXL model (full architecture, small widths) for tests and demos.
+
+        Example: tagtune tiny-model tiny.safetensors --seed 0
+        """
         from tagtune.models.convert import write_tiny_model
 
         result = write_tiny_model(

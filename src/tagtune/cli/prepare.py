@@ -49,7 +49,7 @@ def _result_table(result: Any) -> None:
     from rich.table import Table
 
     t = Table(title="prepare", show_header=False)
-    s = result.summary()
+    s = result.to_json()
     for label, key in (
         ("images planned (this process)", "planned"),
         ("already cached", "cached"),
@@ -101,6 +101,8 @@ def register(app: typer.Typer) -> None:
 
         --plan prints the bucket table and each stage's steps (no image is read).
         `tagtune prepare WS chart --out buckets.png` draws the bucket histogram.
+
+        Example: tagtune prepare my-ws --plan
         """
 
         if action is not None and action not in ACTIONS:
@@ -129,6 +131,6 @@ def register(app: typer.Typer) -> None:
 
         result = prepare_workspace(w, workers, vae_batch_size=vae_batch, show_progress=not json_out)
         if json_out:
-            print_json(result.summary())
+            print_json(result)
         else:
             _result_table(result)

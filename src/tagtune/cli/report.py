@@ -29,13 +29,16 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Write WS/out/report.html: dataset, buckets and crops, runs (loss, lr, validation,
-        resumes, samples) and outputs (hashes, model card, recommended tags)."""
+        resumes, samples) and outputs (hashes, model card, recommended tags).
+
+        Example: tagtune report my-ws
+        """
         from tagtune.report import watch_report, write_report
 
         if not watch:
             result = write_report(ws, out=out, force=force)
             if as_json:
-                print_json(result.to_json())
+                print_json(result)
             else:
                 console.print(f"wrote {result.summary()}")
             return
@@ -52,6 +55,6 @@ def register(app: typer.Typer) -> None:
             ),
         )
         if as_json:
-            print_json(result.to_json() if result else {"path": None})
+            print_json(result if result else {"path": None})
         elif result is not None:
             console.print(f"stopped; the page is {result.path}")

@@ -10,10 +10,7 @@ from rich.text import Text
 from tagtune.cli.common import console, err_console, print_json
 from tagtune.core.workspace import open_workspace
 
-tags_app = typer.Typer(
-    help="Tag analytics over the caption tags: top, similar, suggest, chart.",
-    no_args_is_help=True,
-)
+tags_app = typer.Typer(no_args_is_help=True)
 
 SUBSET_HELP = "Posts to count: all, favorites, or a SQL WHERE clause over the posts table."
 WHERE_HELP = "Extra SQL WHERE clause over posts (e.g. \"rating in ('g','s') and score >= 10\")."
@@ -23,7 +20,10 @@ WHERE_HELP = "Extra SQL WHERE clause over posts (e.g. \"rating in ('g','s') and 
 def _tags(
     ctx: typer.Context, ws: Path = typer.Argument(..., metavar="WS", help="Workspace folder.")
 ) -> None:
-    """Tag analytics over the caption tags: top, similar, suggest, chart."""
+    """Tag analytics over the caption tags: top, similar, suggest, chart.
+
+    Example: tagtune tags my-ws top -n 20
+    """
     ctx.obj = ws
 
 
@@ -69,13 +69,16 @@ def top(
     n: int = typer.Option(50, "-n", min=1, help="How many tags."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Tag frequency table of a subset, optionally of one tag group."""
+    """Tag frequency table of a subset, optionally of one tag group.
+
+    Example: tagtune tags my-ws top --subset favorites -n 20
+    """
     from tagtune.tags.analytics import top_tags
 
     with _busy():
         res = top_tags(_workspace(ctx), subset=subset, where=where, group=group, n=n)
     if as_json:
-        return print_json(res.to_dict())
+        return print_json(res)
     title = f"top tags of {res.subset}" + (f" ({res.group})" if res.group else "")
     console.print(_table(f"{title}: {res.posts:,} posts", res.tags, False, res.posts))
 
@@ -89,13 +92,16 @@ def similar(
     where: str = typer.Option(None, "--where", help=WHERE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Tags ranked by the Jaccard index of their post sets with TAG's."""
+    """Tags ranked by the Jaccard index of their post sets with TAG's.
+
+    Example: tagtune tags my-ws similar "long hair" -n 10
+    """
     from tagtune.tags.analytics import similar_tags
 
     with _busy():
         res = similar_tags(_workspace(ctx), tag, n=n, subset=subset, where=where)
     if as_json:
-        return print_json(res.to_dict())
+        return print_json(res)
     title = f"tags like {res.tag!r} ({res.group}, {res.count:,} of {res.posts:,} posts)"
     console.print(_table(title, res.tags, True, res.posts))
 
@@ -112,14 +118,17 @@ def suggest(
     min_count: int = typer.Option(20, "--min-count", help="Leave out tags on fewer posts."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Recommended prompt tags for a subset; stored in the catalog for the model card."""
+    """Recommended prompt tags for a subset; stored in the catalog for the model card.
+
+    Example: tagtune tags my-ws suggest --against all
+    """
     from tagtune.tags.analytics import suggest_tags
 
     ws = _workspace(ctx)
     with _busy():
         res = suggest_tags(ws, subset, against=against, where=where, n=n, min_count=min_count)
     if as_json:
-        return print_json(res.to_dict())
+        return print_json(res)
     title = (
         f"recommended tags for {res.subset} ({res.subset_posts:,} posts) "
         f"against {res.against} ({res.posts:,} posts), min count {res.min_count}"
@@ -142,7 +151,10 @@ def chart(
     force: bool = typer.Option(False, "--force", help="Replace an existing chart."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Bar chart of the top tags and of the quality/rating/period distribution (PNG)."""
+    """Bar chart of the top tags and of the quality/rating/period distribution (PNG).
+
+    Example: tagtune tags my-ws chart --out tags.png
+    """
     from tagtune.tags.chart import write_tags_chart
 
     ws = _workspace(ctx)
@@ -150,7 +162,7 @@ def chart(
     with _busy():
         res = write_tags_chart(ws, out, subset=subset, where=where, n=n, force=force)
     if as_json:
-        return print_json(res.to_dict())
+        return print_json(res)
     console.print(f"wrote {res.out} ({res.bytes:,} bytes): top {len(res.top)} tags of {res.subset}")
     for group, items in res.distributions.items():
         line = f"  {group}: " + ", ".join(f"{t} {c:,}" for t, c in items)

@@ -36,7 +36,10 @@ def register(app: typer.Typer) -> None:
         ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Train the recipe's stages in order (all pending ones, or --stage NAME)."""
+        """Train the recipe's stages in order (all pending ones, or --stage NAME).
+
+        Example: tagtune train my-ws --stage main
+        """
 
         ws = open_workspace(workspace)
         if dry_run:
@@ -63,7 +66,7 @@ def register(app: typer.Typer) -> None:
         if os.environ.get("RANK", "0") != "0":  # under a launcher, process 0 reports
             return
         if json_out:
-            print_json(summary.to_json())
+            print_json(summary)
             return
         for note in summary.notes:
             console.print(Text(note, style="dim"))

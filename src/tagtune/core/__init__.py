@@ -10,6 +10,7 @@
 - `workspace`: `Workspace`, `open_workspace` (the folder layout, `RECIPE_FILE`).
 - `catalog`: the DuckDB catalog (`open_catalog`, `check_subset`, `transaction`).
 - `subsets`: `render_clause`, a stage's subset expression parsed and rendered as safe SQL.
+- `results`: `Result`, the base of every result dataclass (`to_json()`), and `json_ready`.
 
 Modules are imported by their own names (`tagtune.core.workspace`); this file imports nothing,
 so `import tagtune.core.errors` stays light.

@@ -90,17 +90,17 @@ def check_output(
         if source is not None and str(source) != "" and is_same_or_inside(target, source):
             which = what if str(source) == str(target) else f"{what} ({source})"
             raise InputError(
-                f"would replace {which}; an input is never replaced, not even with --force",
+                f"would replace {which}; an input is never replaced, not even with `force`",
                 file=target,
                 hint="choose another output path",
             )
     if not exists or (folder and not any(target.iterdir())):
         return
     if not force:
-        raise InputError("output exists", file=target, hint="use --force to replace it")
+        raise InputError("output exists", file=target, hint="use `force` to replace it")
     if folder and not (target / "model_index.json").is_file():
         raise InputError(
-            "is a folder that is not a diffusers model; it is not replaced, not even with --force",
+            "is a folder that is not a diffusers model; it is not replaced, not even with `force`",
             file=target,
             hint="give a new or empty folder",
         )

@@ -47,13 +47,13 @@ def parse_size(text: str | tuple[int, int]) -> tuple[int, int]:
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
         if not m:
             raise InputError(
-                "size must be WIDTHxHEIGHT", field="--size", value=text, allowed="e.g. 832x1216"
+                "size must be WIDTHxHEIGHT", field="size", value=text, allowed="e.g. 832x1216"
             )
         w, h = int(m.group(1)), int(m.group(2))
     if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or w % 8 or h % 8:
         raise InputError(
             f"width and height must be multiples of 8 from 8 to {MAX_SIDE}",
-            field="--size",
+            field="size",
             value=f"{w}x{h}",
             allowed="e.g. 832x1216, 1024x1024",
         )
@@ -186,13 +186,13 @@ def _next_index(out_dir: Path) -> int:
 def generate(
     model: Any,
     prompt: str,
-    negative: str = "",
+    negative: str = "worst quality",
     steps: int = 28,
     cfg: float = 7.0,
     sampler: str = "euler_a",
     seed: int | None = None,
     size: str | tuple[int, int] = (832, 1216),
-    n: int = 1,
+    n: int = 4,
     clip_skip: int = 1,
     out_dir: str | Path = "outputs",
     tokenizers: str | Path | None = None,
@@ -212,10 +212,10 @@ def generate(
     width, height = parse_size(size)
     if sampler not in SCHEDULERS:
         raise InputError(
-            "unknown sampler", field="--sampler", value=sampler, allowed=", ".join(SCHEDULERS)
+            "unknown sampler", field="sampler", value=sampler, allowed=", ".join(SCHEDULERS)
         )
     for field, value, low in (
-        ("--steps", steps, 1), ("-n", n, 1), ("--clip-skip", clip_skip, 1), ("--cfg", cfg, 1),
+        ("steps", steps, 1), ("n", n, 1), ("clip_skip", clip_skip, 1), ("cfg", cfg, 1),
     ):  # fmt: skip
         if not (math.isfinite(value) and value >= low):
             raise InputError(f"must be at least {low}", field=field, value=value)
@@ -267,7 +267,8 @@ def generate(
 
 
 def params_from_png(path: str | Path, loras_given: bool = False) -> dict[str, Any]:
-    """The generate() keyword arguments recorded in an image's infotext (for `--from-png`).
+    """The generate() keyword arguments recorded in an image's infotext (for `--from-png`):
+    one image (`n` = 1) with the image's prompt, settings and seed.
 
     `<lora:...>` tags are taken out of the prompt; an image made with LoRAs needs them given
     again (`loras_given`), as the infotext names them but cannot say where the files are.
@@ -301,4 +302,5 @@ def params_from_png(path: str | Path, loras_given: bool = False) -> dict[str, An
         "size": (info.width, info.height),
         "clip_skip": info.clip_skip,
         **rescale,
+        "n": 1,
     }

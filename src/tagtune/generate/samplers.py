@@ -64,7 +64,7 @@ def make_scheduler(name: str, config: dict[str, Any]):
 
     if name not in SCHEDULERS:
         raise InputError(
-            "unknown sampler", field="--sampler", value=name, allowed=", ".join(SCHEDULERS)
+            "unknown sampler", field="sampler", value=name, allowed=", ".join(SCHEDULERS)
         )
     if config.get("rescale_betas_zero_snr") and name in NO_ZERO_TERMINAL_SNR:
         raise InputError(

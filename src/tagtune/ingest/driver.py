@@ -297,9 +297,9 @@ def ingest(
     for src in sources:
         detect_kind(src)  # a mistyped path fails before anything is written
     if images is not None and not Path(images).is_dir():
-        raise InputError("images folder not found", file=images, field="--images")
+        raise InputError("images folder not found", file=images, field="images")
     if favorites is not None and not Path(favorites).is_file():
-        raise InputError("favorites list not found", file=favorites, field="--favorites")
+        raise InputError("favorites list not found", file=favorites, field="favorites")
     added: dict[str, dict[str, int]] = {}
     with open_catalog(ws.catalog_path) as con:
         sync_with_recipe(con, recipe)

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 
 from tagtune.core.errors import InputError
+from tagtune.core.results import Result
 
 _GALLERY_DL = re.compile(r"^danbooru_(\d+)_([0-9a-fA-F]{32})(\.\w+)?$")
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -30,7 +31,7 @@ class FavoriteEntry:
 
 
 @dataclass(frozen=True)
-class FavoritesResult:
+class FavoritesResult(Result):
     """What a marking did: entries read, posts marked now, favorites in total, unknown entries."""
 
     entries: int

@@ -80,11 +80,11 @@ def parse_blocks(text: str | list[float] | tuple[float, ...]) -> tuple[float, ..
     if len(items) != len(BLOCK_NAMES):
         raise InputError(
             f"needs {len(BLOCK_NAMES)} block weights, got {len(items)}",
-            field="--blocks",
+            field="blocks",
             value=text,
             allowed=", ".join(BLOCK_NAMES),
         )
     try:
         return tuple(float(v) for v in items)
     except ValueError:
-        raise InputError("block weights must be numbers", field="--blocks", value=text) from None
+        raise InputError("block weights must be numbers", field="blocks", value=text) from None

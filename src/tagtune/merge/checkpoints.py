@@ -28,6 +28,7 @@ import torch
 from tagtune.core.atomic import atomic_path
 from tagtune.core.errors import InputError, ModelFileError
 from tagtune.core.outputs import claim_output
+from tagtune.core.results import Result
 from tagtune.merge.blocks import BLOCK_INDEX, block_of, parse_blocks, part_of
 from tagtune.merge.io import (
     DTYPE_NAMES,
@@ -71,27 +72,25 @@ class MergeSpec:
         """Raise InputError for an unknown mode, bad weights, or a C that does not fit the mode."""
         if self.mode not in MODES:
             raise InputError(
-                "unknown merge mode", field="--mode", value=self.mode, allowed=", ".join(MODES)
+                "unknown merge mode", field="mode", value=self.mode, allowed=", ".join(MODES)
             )
         if self.mode == "add-difference" and not has_c:
             raise InputError(
-                "add-difference needs a third checkpoint C", field="--mode", value=self.mode
+                "add-difference needs a third checkpoint C", field="mode", value=self.mode
             )
         if self.mode == "weighted-sum" and has_c:
             raise InputError(
                 "a third checkpoint C is only used by add-difference",
-                field="--mode",
+                field="mode",
                 value=self.mode,
             )
         if self.alpha is not None and self.blocks is not None:
-            raise InputError(
-                "give --alpha or --blocks, not both", field="--alpha", value=self.alpha
-            )
+            raise InputError("give `alpha` or `blocks`, not both", field="alpha", value=self.alpha)
         if self.blocks is not None:
             for v in parse_blocks(list(self.blocks)):
                 if not (math.isfinite(v) and 0.0 <= v <= 1.0):
                     raise InputError(
-                        f"block weight {v} is outside 0 to 1", field="--blocks",
+                        f"block weight {v} is outside 0 to 1", field="blocks",
                         value=",".join(str(b) for b in self.blocks), allowed="numbers from 0 to 1",
                     )  # fmt: skip
         for name in ("alpha", "text_encoder_alpha"):
@@ -99,13 +98,13 @@ class MergeSpec:
             if v is not None and not (math.isfinite(v) and 0.0 <= v <= 1.0):
                 raise InputError(
                     "weight must be a number from 0 to 1 (as A1111's merger multiplier)",
-                    field=f"--{name.replace('_', '-')}", value=v, allowed="0 to 1",
+                    field=name, value=v, allowed="0 to 1",
                 )  # fmt: skip
         if self.vae not in (None, "a", "b"):
-            raise InputError("unknown VAE source", field="--vae", value=self.vae, allowed="a, b")
+            raise InputError("unknown VAE source", field="vae", value=self.vae, allowed="a, b")
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             raise InputError(
-                "unknown dtype", field="--dtype", value=self.dtype, allowed=", ".join(DTYPE_NAMES)
+                "unknown dtype", field="dtype", value=self.dtype, allowed=", ".join(DTYPE_NAMES)
             )
 
     @property
@@ -138,7 +137,7 @@ class MergeSpec:
 
 
 @dataclass
-class MergeResult:
+class MergeResult(Result):
     """What a merge wrote: path, counts, timing, the parents' names and hashes."""
 
     path: Path

@@ -32,6 +32,7 @@ import torch
 
 from tagtune.core.errors import InputError
 from tagtune.core.outputs import claim_output
+from tagtune.core.results import Result
 from tagtune.merge.checkpoints import check_same_architecture
 from tagtune.merge.io import read_parent
 from tagtune.models.hashes import file_hashes
@@ -101,7 +102,7 @@ class GroupError:
 
 
 @dataclass
-class ExtractResult:
+class ExtractResult(Result):
     """What extract-lora wrote: the file, per-group and overall error, the parents."""
 
     path: Path

@@ -21,6 +21,7 @@ import torch
 
 from tagtune.core.errors import ModelFileError
 from tagtune.core.outputs import claim_output
+from tagtune.core.results import Result
 from tagtune.merge.checkpoints import CARRIED_METADATA
 from tagtune.merge.io import read_parent
 from tagtune.models.hashes import file_hashes
@@ -43,7 +44,7 @@ Update = tuple[FileTarget, LoraModule, float]
 
 
 @dataclass
-class MergeLoraResult:
+class MergeLoraResult(Result):
     """What merge-lora wrote: the file, how many tensors changed, the parents."""
 
     path: Path

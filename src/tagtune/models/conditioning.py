@@ -128,7 +128,7 @@ def check_clip_skip(text_encoder, text_encoder_2, clip_skip: int) -> None:
     if type(clip_skip) is not int or not 1 <= clip_skip <= layers:
         raise InputError(
             f"must be an integer from 1 to {layers} (the text encoders have {layers} layers)",
-            field="--clip-skip",
+            field="clip_skip",
             value=clip_skip,
         )
 

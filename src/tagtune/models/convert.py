@@ -10,6 +10,7 @@ import torch
 
 from tagtune.core.errors import InputError
 from tagtune.core.outputs import Inputs, check_output, claim_output
+from tagtune.core.results import Result
 from tagtune.models.modelspec import modelspec_metadata
 from tagtune.models.prediction import PREDICTION_TYPES, Prediction, apply
 
@@ -18,7 +19,7 @@ FORMATS: tuple[str, ...] = ("single-file", "diffusers")
 
 
 @dataclass(frozen=True)
-class WriteResult:
+class WriteResult(Result):
     """A model written: where, in which layout and dtype, and how many tensors it holds."""
 
     path: Path
@@ -43,7 +44,7 @@ def _check_output(out: Path, overwrite: bool, fmt: str, dtype: str, inputs: Inpu
     from tagtune.models.save import parse_dtype
 
     if fmt not in FORMATS:
-        raise InputError("unknown format", field="format", value=fmt, allowed=", ".join(FORMATS))
+        raise InputError("unknown format", field="fmt", value=fmt, allowed=", ".join(FORMATS))
     parse_dtype(dtype)
     if fmt == "single-file" and out.suffix != ".safetensors":
         raise InputError(

@@ -251,7 +251,7 @@ def resolve_tokenizers(tokenizers: Any = None, folder: Path | None = None) -> tu
         "no tokenizers: the model has no tokenizer/ and tokenizer_2/ folders, no tokenizers "
         "folder was given, and the CLIP BPE vocabulary is not available offline",
         file=folder,
-        hint="pass --tokenizers DIR (a diffusers SDXL folder) or run `make setup`",
+        hint="pass `tokenizers` (a diffusers SDXL folder) or run `make setup`",
     )
 
 

@@ -22,6 +22,7 @@ import torch
 
 from tagtune.core.errors import ModelFileError
 from tagtune.core.outputs import claim_output
+from tagtune.core.results import Result
 from tagtune.models import keys
 from tagtune.models.configs import (
     METADATA_KEY,
@@ -39,7 +40,7 @@ LDM_VAE_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 
 
 @dataclass(frozen=True)
-class BakeResult:
+class BakeResult(Result):
     """What `bake_vae` wrote: the output file, tensors replaced, and how many changed value."""
 
     path: Path

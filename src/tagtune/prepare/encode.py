@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from tagtune.core.progress import Progress
+from tagtune.core.results import Result
 from tagtune.models.components import VAE_SCALING_FACTOR
 from tagtune.models.vae_bake import vae_fingerprint
 from tagtune.prepare.buckets import (
@@ -92,7 +93,7 @@ class Problem:
 
 
 @dataclass
-class PrepareResult:
+class PrepareResult(Result):
     """What one prepare run did, and where the time went."""
 
     vae_hash: str
@@ -127,8 +128,8 @@ class PrepareResult:
         busy = self.wait_seconds - self.fill_seconds + self.encode_seconds
         return (self.wait_seconds - self.fill_seconds) / busy if busy > 0 else 0.0
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready summary for the CLI."""
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary (`tagtune prepare --json`): counts, not the problem rows."""
         return {
             "vae_hash": self.vae_hash,
             "cache_dir": str(self.cache_dir),

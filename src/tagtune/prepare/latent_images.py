@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from tagtune.core.results import Result
 from tagtune.prepare.buckets import CropPlan
 
 
@@ -27,7 +28,7 @@ class ImageJob:
 
 
 @dataclass(frozen=True)
-class ImageResult:
+class ImageResult(Result):
     """Cropped pixels (uint8 HxWx3), or why the image could not be used (`reason` is a short
     word for the problems table, `error` the detail)."""
 

@@ -33,7 +33,7 @@ def init_workspace(
         raise WorkspaceError("exists and is not a folder", file=ws.root)
     if ws.recipe_path.is_file() and not force:
         raise WorkspaceError(
-            f"{RECIPE_FILE} already exists", file=ws.root, hint="use --force to overwrite it"
+            f"{RECIPE_FILE} already exists", file=ws.root, hint="use `force` to overwrite it"
         )
     claim_output(ws.recipe_path, force=force)
     ws.root.mkdir(parents=True, exist_ok=True)

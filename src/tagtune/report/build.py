@@ -17,6 +17,7 @@ from typing import Any
 from tagtune.core.atomic import write_text_atomic
 from tagtune.core.catalog import connect
 from tagtune.core.errors import TagtuneError, WorkspaceError
+from tagtune.core.results import Result
 from tagtune.core.workspace import Workspace, open_workspace
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.report.assets import Assets, referenced
@@ -30,7 +31,7 @@ REPORT_NAME = "report.html"
 
 
 @dataclass
-class ReportResult:
+class ReportResult(Result):
     """Where the page went, how big it and its assets are, and how long it took."""
 
     path: Path
@@ -74,7 +75,7 @@ def check_target(page: Path, force: bool = False) -> None:
         raise WorkspaceError(
             "exists and is not a report tagtune wrote; it is kept",
             file=page,
-            hint="use --force to replace it, or --out to write elsewhere",
+            hint="use `force` to replace it, or `out` to write elsewhere",
         )
 
 

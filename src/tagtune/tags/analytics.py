@@ -11,19 +11,20 @@ and favorites or exclusions changed after captioning are honoured without a rebu
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
+from tagtune.core.results import Result
 from tagtune.core.workspace import Workspace
 from tagtune.tags.index import (
     TagIndex,
     column_counts,
     subset_expr,
-    subset_flags,
+    subset_fields,
     subset_mask,
     tag_index,
 )
@@ -64,13 +65,13 @@ class TagStat:
 
 
 @dataclass(frozen=True)
-class TopResult:
+class TopResult(Result):
     subset: str
     posts: int
     group: str | None
     tags: list[TagStat]
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         """JSON form: each tag with its posts and its share of the subset's posts."""
         rows = [
             {"tag": t.tag, "group": t.group, "count": t.count, "share": t.count / self.posts}
@@ -80,7 +81,7 @@ class TopResult:
 
 
 @dataclass(frozen=True)
-class SimilarResult:
+class SimilarResult(Result):
     tag: str
     group: str
     count: int
@@ -88,12 +89,9 @@ class SimilarResult:
     posts: int
     tags: list[TagStat]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class SuggestResult:
+class SuggestResult(Result):
     subset: str
     against: str
     subset_posts: int
@@ -104,9 +102,6 @@ class SuggestResult:
     """The recommended tags as one ready prompt line (parentheses escaped A1111-style)."""
     note: str = ""
     """Said when the ranking cannot single anything out (the subset is the reference set)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _stats(index: TagIndex, cols: np.ndarray, count, inter=None, jac=None) -> list[TagStat]:
@@ -202,7 +197,7 @@ def top_tags(
     expr = subset_expr(subset, where)
     with open_catalog(ws.catalog_path, read_only=True) as con:
         index = tag_index(ws, con)
-        mask = subset_mask(con, index, expr, subset_flags(subset, where))
+        mask = subset_mask(con, index, expr, subset_fields(subset, where))
     return TopResult(expr, int(mask.sum()), group, top_in(index, mask, group, n))
 
 
@@ -215,7 +210,7 @@ def similar_tags(
     with open_catalog(ws.catalog_path, read_only=True) as con:
         index = tag_index(ws, con)
         col = resolve_tag(index, tag)
-        universe = subset_mask(con, index, expr, subset_flags(subset, where))
+        universe = subset_mask(con, index, expr, subset_fields(subset, where))
     rows = similar_in(index, col, universe, n)
     count = int(universe[index.X.indices[index.X.indptr[col] : index.X.indptr[col + 1]]].sum())
     return SimilarResult(
@@ -243,8 +238,8 @@ def suggest_tags(
     expr = subset_expr(subset or ("all" if where else "favorites"), where)
     with open_catalog(ws.catalog_path, read_only=not store) as con:
         index = tag_index(ws, con)
-        target = subset_mask(con, index, expr, subset_flags(subset, where))
-        universe = subset_mask(con, index, against, "--against") | target
+        target = subset_mask(con, index, expr, subset_fields(subset, where))
+        universe = subset_mask(con, index, against, "against") | target
         if not target.any():
             raise InputError(
                 "no captioned post is in this subset",
@@ -266,7 +261,7 @@ def suggest_tags(
         prompt_line([r.tag for r in rows]),
         note=(
             f"the subset holds every post of the reference set ({against!r}): the ranking is "
-            "plain tag frequency; compare with a larger set (--against) or a narrower subset"
+            "plain tag frequency; compare with a larger set (`against`) or a narrower subset"
             if same
             else ""
         ),

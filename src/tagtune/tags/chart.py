@@ -6,7 +6,7 @@ display needed); the file is written atomically.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import numpy as np
 from tagtune.core.atomic import atomic_path
 from tagtune.core.catalog import open_catalog
 from tagtune.core.outputs import claim_output
+from tagtune.core.results import Result
 from tagtune.core.workspace import Workspace
 from tagtune.recipe.workspace import workspace_recipe
 
@@ -28,7 +29,7 @@ TOKEN_PANELS = ("quality", "rating", "period")
 
 
 @dataclass(frozen=True)
-class ChartResult:
+class ChartResult(Result):
     out: str
     subset: str
     posts: int
@@ -37,9 +38,6 @@ class ChartResult:
     distributions: dict[str, list[tuple[str, int]]]
     """Per token group, (token, posts) in the recipe's order."""
     bytes: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def render_chart(
@@ -119,7 +117,7 @@ def write_tags_chart(
     expr = tg.subset_expr(subset, where)
     with open_catalog(ws.catalog_path, read_only=True) as con:
         index = tg.tag_index(ws, con)
-        mask = tg.subset_mask(con, index, expr, tg.subset_flags(subset, where))
+        mask = tg.subset_mask(con, index, expr, tg.subset_fields(subset, where))
     count = tg.column_counts(index, mask)
     content = (count > 0) & ~np.isin(index.groups, tg.TOKEN_GROUPS)
     cols = np.flatnonzero(content)

@@ -175,20 +175,20 @@ def subset_expr(subset: str = "all", where: str | None = None) -> str:
     Each part is checked on its own first (`catalog.subset_where`), so an error names its flag.
     """
     s = (subset or "all").strip()
-    subset_where(s, "--subset")
+    subset_where(s, "subset")
     if not where or not where.strip():
         return s
-    subset_where(where, "--where")
+    subset_where(where, "where")
     if s in ("", "all"):
         return where.strip()
     head = "posts.favorite" if s == "favorites" else f"({s})"
     return f"{head} AND ({where.strip()})"
 
 
-def subset_flags(subset: str | None, where: str | None) -> str:
-    """The flag(s) a `subset_expr` came from, for errors found when it runs."""
-    given = [f for f, v in (("--subset", subset), ("--where", where)) if v and v.strip()]
-    return "/".join(given) or "--subset"
+def subset_fields(subset: str | None, where: str | None) -> str:
+    """The parameter(s) a `subset_expr` came from (`subset/where`), for errors found when it runs."""
+    given = [f for f, v in (("subset", subset), ("where", where)) if v and v.strip()]
+    return "/".join(given) or "subset"
 
 
 def subset_mask(

@@ -14,6 +14,7 @@ from typing import Any
 
 from tagtune.core.errors import InputError, TrainingError
 from tagtune.core.outputs import claim_output
+from tagtune.core.results import Result
 from tagtune.core.workspace import Workspace
 from tagtune.models.hashes import file_hashes
 from tagtune.models.prediction import components_prediction
@@ -32,7 +33,7 @@ DTYPES = ("fp16", "bf16", "fp32")
 
 
 @dataclass
-class ExportResult:
+class ExportResult(Result):
     """Where the export went, from which stage, and its hashes."""
 
     path: Path
@@ -65,7 +66,7 @@ def export_model(
     """
     if dtype is not None and dtype not in DTYPES:
         raise InputError(
-            "not an allowed dtype", field="--dtype", value=dtype, allowed=", ".join(DTYPES)
+            "not an allowed dtype", field="dtype", value=dtype, allowed=", ".join(DTYPES)
         )
     recipe = workspace_recipe(ws)
     run_dir = ws.runs_dir / (run or recipe.train.run)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from tagtune.core.errors import TrainingError
+from tagtune.core.results import Result
 from tagtune.recipe.model import StageConfig, TrainConfig
 from tagtune.train.data import (
     Example,
@@ -69,7 +70,7 @@ class StageJob:
 
 
 @dataclass
-class StageResult:
+class StageResult(Result):
     """How a stage ended: steps done, last epoch's mean loss, the final state folder."""
 
     steps: int

@@ -18,6 +18,7 @@ import torch
 
 from tagtune.core.catalog import check_subset, open_catalog
 from tagtune.core.errors import TrainingError
+from tagtune.core.results import Result
 from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
 from tagtune.ingest.verdicts import catalog_is_current
@@ -48,7 +49,7 @@ SUMMARY_KEYS = ("name", "images", "steps", "seconds", "final_loss", "final_state
 
 
 @dataclass
-class TrainSummary:
+class TrainSummary(Result):
     """What `run_training` did: stages run, skipped, messages, and where the run lives."""
 
     run_dir: Path
@@ -325,7 +326,7 @@ def resume_point(ctx: RunContext, st: StageConfig, resume: bool) -> Path | None:
     if resume_from is not None and not resume:
         raise TrainingError(
             f"stage {st.name!r} has resumable states ({resume_from.name})",
-            file=states.parent, hint="continue with --resume, or remove the folder to start over",
+            file=states.parent, hint="continue with `resume`, or remove the folder to start over",
         )  # fmt: skip
     if resume_from is not None:
         ctx.summary.notes.append(f"stage {st.name!r}: resuming from {resume_from.name}")

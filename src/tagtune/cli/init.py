@@ -18,7 +18,10 @@ def register(app: typer.Typer) -> None:
         ws: Path = typer.Argument(..., help="Workspace folder to create."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing tagtune.toml."),
     ) -> None:
-        """Create a workspace folder with a commented recipe (the reference workflow)."""
+        """Create a workspace folder with a commented recipe (the reference workflow).
+
+        Example: tagtune init my-ws
+        """
         from tagtune.recipe.workspace import init_workspace
 
         w = init_workspace(ws, force=force)
