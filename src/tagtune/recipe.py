@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tagtune.errors import RecipeError
 from tagtune.recipe_errors import recipe_error
+from tagtune.recipe_train_extras import EmaSettings, SampleSettings, StageDrawSettings
 from tagtune.recipe_validation import ValidationConfig
 from tagtune.untrusted import read_regular
 
@@ -227,7 +228,7 @@ class BucketConfig(Strict):
         return self
 
 
-class StageConfig(Strict):
+class StageConfig(StageDrawSettings, Strict):
     name: str
     """Stage name; its outputs go to runs/<run>/<name>/."""
     subset: str = "all"
@@ -338,7 +339,7 @@ def reference_stages() -> list[StageConfig]:
     ]
 
 
-class TrainConfig(Strict):
+class TrainConfig(SampleSettings, EmaSettings, Strict):
     run: str = "run1"
     """Run name: outputs go to runs/<run>/."""
     seed: int = 42

@@ -22,6 +22,7 @@ from tagtune.models.recipe_model import vae_source_of
 from tagtune.recipe import Recipe, StageConfig
 from tagtune.subset_sql import stage_field
 from tagtune.train import records as rec
+from tagtune.train.caption_draws import protected_texts
 from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.optim import TRAINABLE, warmup_steps
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
@@ -79,15 +80,17 @@ def load_examples(
             )
         where = check_subset(con, stage.subset, stage_field(ws.recipe().train.stages, stage))
         rows = con.execute(
-            "SELECT c.post_id, c.caption, c.tags FROM captions c JOIN posts ON posts.id = c.post_id "
-            f"WHERE {where} ORDER BY c.post_id"
+            "SELECT c.post_id, c.caption, c.tags, c.groups FROM captions c "
+            f"JOIN posts ON posts.id = c.post_id WHERE {where} ORDER BY c.post_id"
         ).fetchall()
-    captions = {pid: (cap, tuple(tags or ())) for pid, cap, tags in rows if pid not in exclude}
+    captions = {pid: (cap, tags, groups) for pid, cap, tags, groups in rows if pid not in exclude}
+    protected = protected_texts(stage, ws.recipe().caption)  # never dropped (caption_draws)
     records = latents.records(list(captions), include_flipped=flip)
-    examples = [
-        Example(r.post_id, captions[r.post_id][0], captions[r.post_id][1], tuple(r.bucket), r)
-        for r in records
-    ]
+    examples = []
+    for r in records:
+        cap, tags, groups = captions[r.post_id]
+        examples.append(Example(r.post_id, cap, tuple(tags or ()), tuple(r.bucket), r,
+                                tuple(groups or ()), protected))  # fmt: skip
     missing = len(set(captions) - {e.post_id for e in examples})
     return examples, missing
 
