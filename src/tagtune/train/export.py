@@ -113,8 +113,13 @@ def export_model(
     dtype: str | None = None,
     components: Any = None,
     force: bool = False,
+    ema: bool = False,
 ) -> ExportResult:
     """Export the run's last completed stage (or `stage`) to `WS/out/<project.name>.safetensors`.
+
+    With `ema` the stage's modules hold its EMA averages instead of its final weights
+    (default file `<project.name>-ema.safetensors`); a stage trained without EMA is a
+    TrainingError.
 
     Every stage up to it must still have its final state (a TrainingError names the stage and
     the folder otherwise: never the base weights in their place). An existing output is
@@ -124,6 +129,7 @@ def export_model(
     """
     from tagtune.hashes import file_hashes
     from tagtune.models.recipe_model import vae_source_of
+    from tagtune.train.ema import apply_ema_weights
     from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
 
     recipe = ws.recipe()
@@ -141,7 +147,8 @@ def export_model(
             "stage is not complete", field="stage", value=target, allowed=", ".join(names)
         )
     states = {s["name"]: final_state_path(ws, s) for s in done[: names.index(target) + 1]}
-    out = Path(out) if out else ws.out_dir / f"{recipe.project.name}.safetensors"
+    default = f"{recipe.project.name}{'-ema' if ema else ''}.safetensors"
+    out = Path(out) if out else ws.out_dir / default
     inputs = [
         *model_inputs(ws, recipe),
         *((f"the final state of stage {name!r}", path) for name, path in states.items()),
@@ -156,6 +163,9 @@ def export_model(
         "tagtune.training": json.dumps(training_summary(record)),
         "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),
     }
+    if ema:  # the target stage's averages replace its final weights
+        modules = apply_ema_weights(components, states[target], target)
+        extra["tagtune.ema"] = json.dumps({"stage": target, "modules": modules})
     path = export_components(components, out, recipe, dtype or recipe.export.dtype, extra)
     hashes = {k: v for k, v in file_hashes(path).items() if v is not None}  # as in run.json
     try:
@@ -163,6 +173,6 @@ def export_model(
     except ValueError:
         shown = str(path)
     vae = vae_source_of(components).to_json()
-    record["export"] = {"path": shown, "hashes": hashes, "vae": vae}
+    record["export"] = {"path": shown, "hashes": hashes, "vae": vae, "ema": ema}
     rec.write_run(run_dir, record)
     return ExportResult(path, target, hashes)

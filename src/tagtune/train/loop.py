@@ -30,6 +30,7 @@ from tagtune.train.data import (
     sample_draws,
     steps_per_epoch,
 )
+from tagtune.train.ema import WeightEMA, ema_applied
 from tagtune.train.loss import diffusion_loss, training_scheduler
 from tagtune.train.monitor import Monitor
 from tagtune.train.optim import (
@@ -68,6 +69,8 @@ class StageJob:
     on_state_saved: Callable[[int], None] | None = None
     validation: Validator | None = None
     on_validation: Callable[[dict[str, Any]], None] | None = None
+    on_step_end: Callable[[int], None] | None = None
+    ema: WeightEMA | None = None
     prediction_type: str = "epsilon"
     notes: list[str] = field(default_factory=list)
 
@@ -125,6 +128,8 @@ def train_stage(job: StageJob) -> StageResult:
         epoch_loss = list(meta["epoch_losses"])
         if scaler is not None and meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
+    if job.ema is not None:  # averages from the weights now, or from the resumed state
+        job.ema.start(trained, job.resume_from, zero=zero is not None)
     hooks = attach_fused_step(optimizer, stage.max_grad_norm, rounding) if fused else []
     monitor.start(stage.name, total, step)
     # Validation loss and conditioning gap before the first step (not again on resume)
@@ -162,10 +167,14 @@ def train_stage(job: StageJob) -> StageResult:
             elif not fused:
                 optimizer_step(optimizer, params, scaler, stage.max_grad_norm, rounding)
             step += 1
+            if job.ema is not None:
+                job.ema.update(step)
             epoch_loss.append(loss)
             monitor.step(step, epoch + 1, loss, lrs, sum(len(b) for b in steps[i]))
             if step == kill_at:  # crash test hook: die like a power cut would
                 os.kill(os.getpid(), signal.SIGKILL)
+            if job.on_step_end is not None and rt.is_main:  # samples every N steps
+                job.on_step_end(step)
             if job.validation is not None and job.validation.due_at_step(step):
                 validated = validate(job, encoder, monitor, step, per_epoch)
             # Resumable state every N steps
@@ -200,7 +209,8 @@ def validate(job: StageJob, encoder: Encoder, monitor: Monitor, step: int, per_e
     if job.validation is None:
         return step
     epoch = round(step / per_epoch, 4)
-    evaluation = job.validation.evaluate(job.components, encoder, step, epoch)
+    with ema_applied(job.ema):  # the averaged weights, when EMA is on
+        evaluation = job.validation.evaluate(job.components, encoder, step, epoch)
     monitor.validation(evaluation)
     if job.on_validation is not None and job.runtime.is_main:
         job.on_validation(evaluation)
@@ -313,6 +323,8 @@ def checkpoint(
         weights = zero.full_weights(keep=rt.is_main)
         zero.save_shard(shards, rt.rank)
         rt.barrier()
+    if job.ema is not None:
+        weights = {**weights, **job.ema.state_tensors()}
     if rt.is_main:
         meta = {
             "stage": job.stage.name,
@@ -327,6 +339,7 @@ def checkpoint(
             "settings": job.stage.model_dump(mode="json"),
             **losses,
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": job.ema.meta() if job.ema is not None else None,
         }
         path = save_state(
             states, step, weights, None if zero else optimizer, meta, rngs,

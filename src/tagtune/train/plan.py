@@ -14,6 +14,7 @@ from tagtune.subset_sql import stage_field
 from tagtune.train.data import steps_per_epoch
 from tagtune.train.memory import estimate_memory
 from tagtune.train.optim import warmup_steps
+from tagtune.train.sampling import sampling_planned
 from tagtune.workspace import Workspace
 
 
@@ -63,7 +64,7 @@ def dry_run(
             source = "captions (no latent cache: one bucket assumed)"
         total = per_epoch * st.epochs
         mem = estimate_memory(
-            st, recipe.train, sampling=bool(recipe.train.sample_every_n_epochs),
+            st, recipe.train, sampling=sampling_planned(recipe.train),
             zero_processes=world_size if zero2 else 0,
         )  # fmt: skip
         stages.append(

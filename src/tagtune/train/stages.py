@@ -198,14 +198,17 @@ def run_training(
     `model.vae` baked in) and the workspace's latent cache for that VAE; tests pass a tiny
     model and in-memory latents. run.json's `vae` names the VAE the latents come from.
     """
+    from tagtune.train.ema import WeightEMA
     from tagtune.train.loop import StageJob, train_stage
     from tagtune.train.monitor import Monitor
     from tagtune.train.runtime import make_runtime
-    from tagtune.train.sampling import epoch_hook
+    from tagtune.train.sample_prompts import sample_prompts
+    from tagtune.train.sampling import TrainingSamples, sampling_planned
 
     recipe = ws.recipe()
     cfg = recipe.train
     wanted = plan_stages(recipe, stage)
+    prompts = sample_prompts(ws, cfg) if sampling_planned(cfg) else []  # a bad file stops here
     known = rec.read_run(ws.runs_dir / cfg.run)
     for st in cfg.stages[: wanted[-1] + 1]:  # before any slow work: a lost state is an error
         entry = rec.find_stage(known, st.name) if known else None
@@ -295,6 +298,11 @@ def run_training(
         if runtime.is_main:
             rec.put_stage(record, entry, order)
             rec.write_run(run_dir, record)
+        ema = WeightEMA.for_stage(cfg, st)
+        samples = TrainingSamples(ws, recipe, components, st, stage_dir, prompts, ema,
+                                  record["base_model"].get("autov2", ""))  # fmt: skip
+        if resume_from is None and runtime.is_main:
+            samples.at_start()
         start, before = time.perf_counter(), entry["seconds"]
 
         def state_saved(step: int, entry=entry, start=start, before=before) -> None:
@@ -308,7 +316,7 @@ def run_training(
             latents=latents, stage_dir=stage_dir, runtime=runtime, resume_from=resume_from,
             monitor=Monitor(stage_dir / "logs", enabled=runtime.is_main, progress=progress),
             encode_fn=encode_fn, prediction_type=recipe.model.prediction_type,
-            on_epoch_end=epoch_hook(ws, recipe, components, st, stage_dir),
+            on_epoch_end=samples.after_epoch, on_step_end=samples.after_step, ema=ema,
             on_state_saved=state_saved,
             validation=Validator(
                 held_out, recipe.validation, latents, runtime, recipe.model.prediction_type
