@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_main import run_cli
 from tagtune.errors import TrainingError
 from tagtune.recipe import StageConfig
 from tagtune.train.ema import WeightEMA, warmup_decay
@@ -88,7 +89,7 @@ def test_dry_run_memory_counts_an_ema_on_the_gpu_only():
 
 @pytest.mark.slow
 def test_ema_leaves_training_alone_drives_validation_and_exports_the_recomputed_average(
-    tmp_path, tiny_sdxl
+    tmp_path, tiny_sdxl, capsys
 ):
     ws = _run(tmp_path / "ema", _recipe(0.8), tiny_sdxl)
     plain = _run(tmp_path / "plain", _recipe(0.0), tiny_sdxl)
@@ -134,6 +135,9 @@ def test_ema_leaves_training_alone_drives_validation_and_exports_the_recomputed_
     assert all(torch.equal(p, unet[k]) for k, p in raw.unet.named_parameters())
     with pytest.raises(TrainingError, match="kept no EMA"):
         export_model(plain, components=copy.deepcopy(tiny_sdxl), ema=True)
+    res = run_cli(capsys, "export", plain.root, "--ema")
+    assert res.code == 2
+    assert res.error_lines[0].startswith("error: ") and "stage 'main' kept no EMA" in res.err
 
 
 def _drill(root, kill_at: int | None, resume: bool) -> int:

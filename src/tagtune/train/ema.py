@@ -150,6 +150,17 @@ def ema_applied(ema: WeightEMA | None) -> contextlib.AbstractContextManager:
     return ema.applied() if ema is not None else contextlib.nullcontext()
 
 
+def check_has_ema(state: Path, stage: str) -> list[Path]:
+    """The EMA files of a state; a TrainingError naming the stage when it has none."""
+    files = sorted(Path(state).glob(f"{PREFIX}*.safetensors"))
+    if not files:
+        raise TrainingError(
+            f"stage {stage!r} kept no EMA of its weights", file=state,
+            hint="train it with ema_decay > 0 ([train] or the stage), or export without --ema",
+        )  # fmt: skip
+    return files
+
+
 def apply_ema_weights(components: Any, state: Path, stage: str) -> list[str]:
     """Load a state's EMA averages into the components' modules; returns the modules loaded.
 
@@ -158,7 +169,7 @@ def apply_ema_weights(components: Any, state: Path, stage: str) -> list[str]:
     from safetensors.torch import load_file
 
     loaded = []
-    for file in sorted(Path(state).glob(f"{PREFIX}*.safetensors")):
+    for file in check_has_ema(state, stage):
         name = file.name[len(PREFIX) : -len(".safetensors")]
         module = getattr(components, name, None)
         if not isinstance(module, torch.nn.Module):
@@ -171,9 +182,4 @@ def apply_ema_weights(components: Any, state: Path, stage: str) -> list[str]:
             for key, value in saved.items():
                 params[key].copy_(value)
         loaded.append(name)
-    if not loaded:
-        raise TrainingError(
-            f"stage {stage!r} kept no EMA of its weights", file=state,
-            hint="train it with ema_decay > 0 ([train] or the stage), or export without --ema",
-        )  # fmt: skip
     return loaded

@@ -129,7 +129,7 @@ def export_model(
     """
     from tagtune.hashes import file_hashes
     from tagtune.models.recipe_model import vae_source_of
-    from tagtune.train.ema import apply_ema_weights
+    from tagtune.train.ema import apply_ema_weights, check_has_ema
     from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
 
     recipe = ws.recipe()
@@ -147,6 +147,8 @@ def export_model(
             "stage is not complete", field="stage", value=target, allowed=", ".join(names)
         )
     states = {s["name"]: final_state_path(ws, s) for s in done[: names.index(target) + 1]}
+    if ema:  # before any slow work
+        check_has_ema(states[target], target)
     default = f"{recipe.project.name}{'-ema' if ema else ''}.safetensors"
     out = Path(out) if out else ws.out_dir / default
     inputs = [
