@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_SIDE = 4096
+"""Longest image side anything is made at (buckets, samples, `generate`): 16 megapixels."""
 _STRICT = ConfigDict(
     extra="forbid",
     use_attribute_docstrings=True,
@@ -21,10 +23,20 @@ _STRICT = ConfigDict(
 
 
 class SampleSettings(BaseModel):
-    """When and how samples are made during training (besides `sample_prompts` & co.)."""
+    """When and how samples are made during training, and with which prompts."""
 
     model_config = _STRICT
 
+    sample_every_n_epochs: int = Field(default=0, ge=0)
+    """Sample images from sample_prompts every N epochs (0: off)."""
+    sample_prompts: list[str] = []
+    """Prompts sampled during training."""
+    sample_negative: str = "worst quality"
+    """Negative prompt for training samples."""
+    sample_steps: int = Field(default=28, ge=1)
+    """Sampler steps for training samples."""
+    sample_size: tuple[int, int] = Field(default=(1024, 1024), strict=False)
+    """Width and height of training samples."""
     sample_prompts_file: str = ""
     """sd-scripts prompt file (relative to the workspace): one prompt a line, `#` comments,
     per-prompt options --n negative, --w/--h size, --d seed, --l CFG scale, --s steps,
@@ -37,6 +49,15 @@ class SampleSettings(BaseModel):
     """Sampler of training samples, from `tagtune generate`'s table (euler_a, euler, dpmpp_2m, ...)."""
     sample_cfg_scale: float = Field(default=7.0, gt=0, le=30)
     """Classifier-free guidance scale of training samples."""
+
+    @model_validator(mode="after")
+    def _sample_size(self) -> SampleSettings:
+        w, h = self.sample_size
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or w % 8 or h % 8:
+            raise ValueError(
+                f"train.sample_size: {w}x{h} is not two multiples of 8 from 8 to {MAX_SIDE}"
+            )
+        return self
 
 
 class EmaSettings(BaseModel):
