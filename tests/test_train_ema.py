@@ -174,3 +174,22 @@ def test_sigkill_and_resume_with_ema_and_samples_every_step_is_bit_identical(tmp
         b = load_file(ref.root / final / f"{name}.safetensors")
         assert a.keys() == b.keys()
         assert [k for k in a if not torch.equal(a[k], b[k])] == [], name
+
+
+def test_resuming_a_state_without_ema_or_with_other_settings_is_refused(tmp_path):
+    from tagtune.train.state import save_state
+
+    net = torch.nn.Linear(2, 2)
+    plain = save_state(tmp_path, 1, {"net": net}, None, {"ema": None}, [])
+    with pytest.raises(TrainingError, match="the state kept no EMA; the recipe now asks for"):
+        WeightEMA(0.99).start({"net": net}, plain)
+    ema = WeightEMA(0.99, every_n_steps=2)
+    ema.start({"net": net}, None)
+    kept = save_state(
+        tmp_path, 2, {"net": net, **ema.state_tensors()}, None, {"ema": ema.meta()}, []
+    )
+    with pytest.raises(TrainingError, match="kept EMA decay 0.99 every 2 steps; the recipe now"):
+        WeightEMA(0.999, every_n_steps=2).start({"net": net}, kept)
+    again = WeightEMA(0.99, every_n_steps=2, device="cpu")
+    again.start({"net": net}, kept)
+    assert all(torch.equal(again.shadow["net"][k], v) for k, v in ema.shadow["net"].items())

@@ -89,9 +89,10 @@ class WeightEMA:
         meta = state_meta(path).get("ema") or {}
         kept = (meta.get("decay"), meta.get("every_n_steps"))
         if kept != (self.decay, self.every):
+            then = f"EMA decay {kept[0]} every {kept[1]} steps" if meta else "no EMA"
             raise TrainingError(
-                f"the state kept EMA decay {kept[0]} every {kept[1]} steps; the recipe now "
-                f"asks for decay {self.decay} every {self.every} steps",
+                f"the state kept {then}; the recipe now asks for decay {self.decay} every "
+                f"{self.every} steps",
                 file=path, field="train.ema_decay",
                 hint="restore the EMA settings, or remove the stage folder to start over",
             )  # fmt: skip
