@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from tagtune.errors import TrainingError
 from tagtune.recipe import StageConfig, TrainConfig
+from tagtune.train.state import state_meta
 
 PREFIX = "ema-"
 """A state's EMA files are `ema-<module>.safetensors`."""
@@ -72,7 +74,7 @@ class WeightEMA:
                 name: {
                     k: p.detach().to(self._device(p), torch.float32, copy=True)
                     for k, p in params.items()
-                }  # fmt: skip
+                }
                 for name, params in self.params.items()
             }
             return
@@ -82,10 +84,6 @@ class WeightEMA:
         return torch.device("cpu") if self.device == "cpu" else p.device
 
     def _load(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        from tagtune.train.state import state_meta
-
         meta = state_meta(path).get("ema") or {}
         kept = (meta.get("decay"), meta.get("every_n_steps"))
         if kept != (self.decay, self.every):
@@ -167,8 +165,6 @@ def apply_ema_weights(components: Any, state: Path, stage: str) -> list[str]:
 
     A state without EMA files is a TrainingError naming the stage.
     """
-    from safetensors.torch import load_file
-
     loaded = []
     for file in check_has_ema(state, stage):
         name = file.name[len(PREFIX) : -len(".safetensors")]
