@@ -33,12 +33,12 @@ screenshot: setup browser
 	$(BIN)/python scripts/readme_screenshot.py --demo demo-workspace --out docs/report.png
 
 test: setup browser
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) demo-workspace bench-out

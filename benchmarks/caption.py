@@ -1,6 +1,6 @@
 """Benchmark `tagtune caption`: captions + CLIP token counts + captions table + captions.jsonl.
 
-The catalog is built from the synthetic JSONL dump (`tagtune.synthetic.write_jsonl_dump`,
+The catalog is built from the synthetic JSONL dump (`tagtune.synthetic.collection.write_jsonl_dump`,
 1,000,000 posts by default) with `tagtune ingest` (or, where that is missing, plain DuckDB
 SQL), plus one `files` row per post so every caption has a file path in captions.jsonl.
 The dump and catalog are kept in bench-out/ between runs.
@@ -46,9 +46,9 @@ FROM posts
 
 def build_workspace(out: Path, n: int) -> Path:
     """A workspace with a catalog of `n` synthetic posts (reused when already built)."""
-    from tagtune.catalog import open_catalog
-    from tagtune.synthetic import write_jsonl_dump
-    from tagtune.workspace import init_workspace
+    from tagtune.core.catalog import open_catalog
+    from tagtune.recipe.workspace import init_workspace
+    from tagtune.synthetic.collection import write_jsonl_dump
 
     ws_dir = out / f"caption-ws-{n}"
     marker = ws_dir / ".loaded"
@@ -89,9 +89,9 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from tagtune.caption_build import build_captions
-    from tagtune.tokens import TokenCounter
-    from tagtune.workspace import open_workspace
+    from tagtune.captions.build import build_captions
+    from tagtune.captions.tokens import TokenCounter
+    from tagtune.core.workspace import open_workspace
 
     ws = open_workspace(build_workspace(args.out, args.n))
     t = time.perf_counter()

@@ -36,7 +36,7 @@ def random_sdxl(device: str):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from tagtune.clip_vocab import sdxl_tokenizers
+    from tagtune.models.clip_vocab import sdxl_tokenizers
     from tagtune.models.components import SDXLComponents
     from tagtune.models.configs import sdxl_base_configs
     from tagtune.models.tiny import SCHEDULER_CONFIG
@@ -52,7 +52,8 @@ def random_sdxl(device: str):
 
 def real_size_step(stage_name: str, steps: int) -> bool:
     """Train `steps` steps of the init recipe's stage on real-size SDXL; print peak vs estimate."""
-    from tagtune.recipe import Recipe
+    from tagtune.recipe.model import Recipe
+    from tagtune.synthetic.runs import InMemoryLatents
     from tagtune.train.data import Example
     from tagtune.train.loop import (
         StageJob,
@@ -65,7 +66,6 @@ def real_size_step(stage_name: str, steps: int) -> bool:
     from tagtune.train.optim import build_optimizer, trainable_modules
     from tagtune.train.rounding import RoundedSteps
     from tagtune.train.runtime import make_runtime
-    from tagtune.train.synthetic import InMemoryLatents
     from tagtune.train.te_cache import Encoder
 
     recipe = Recipe()  # what `tagtune init` writes
@@ -130,8 +130,8 @@ def real_size_step(stage_name: str, steps: int) -> bool:
 
 def run_case(name: str, base, cpu: bool, **overrides) -> bool:
     """Train two stages' worth of steps with the given options; print loss and speed."""
+    from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
     from tagtune.train.stages import run_training
-    from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 
     train_opts = {k: overrides.pop(k) for k in list(overrides) if k in ("mixed_precision",
                   "gradient_checkpointing", "weight_dtype", "fused_backward")}  # fmt: skip
@@ -160,7 +160,7 @@ def run_case(name: str, base, cpu: bool, **overrides) -> bool:
 
 def tiny_checks(cpu: bool) -> bool:
     """The GPU paths on the tiny model (or the same flow on CPU with --cpu)."""
-    from tagtune.generate import generate
+    from tagtune.generate.pipeline import generate
     from tagtune.models.tiny import build_tiny_sdxl
 
     base = build_tiny_sdxl(0)

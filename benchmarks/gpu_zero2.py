@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_workspace(root: Path, cpu: bool, **stage) -> Path:
     """A synthetic workspace (16 images) whose recipe trains with the given stage options."""
-    from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
+    from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
 
     recipe = tiny_train_recipe(epochs=2, batch_size=2, gradient_accumulation=2, **stage)
     recipe.train.save_every_n_steps = 1
@@ -50,11 +50,11 @@ def launch(ws: Path, procs: int, cpu: bool, *args: str, kill_at: int = 0) -> flo
     if cpu:
         text = text.replace("mixed_precision: bf16", "mixed_precision: 'no'\nuse_cpu: true")
     config.write_text(text)
-    from tagtune.train.synthetic import free_port
+    from tagtune.synthetic.runs import free_port
 
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-        "--main_process_port", str(free_port()), "-m", "tagtune.train.synthetic", str(ws), *args,
+        "--main_process_port", str(free_port()), "-m", "tagtune.synthetic.runs", str(ws), *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGTUNE_KILL_AT_STEP": str(kill_at)}
     t0 = time.perf_counter()

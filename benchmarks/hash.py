@@ -4,7 +4,7 @@
 
 Writes a safetensors file of the given size (one big U8 tensor, so AutoV3 is computed too),
 reads it once to warm the page cache, then times `sha256sum FILE` and
-`tagtune.hashes.file_hashes(FILE)` on the same warm file, prints both wall times and the
+`tagtune.models.hashes.file_hashes(FILE)` on the same warm file, prints both wall times and the
 ratio (goal: <= 1.3), and deletes the file. Needs free disk and RAM of about the file size.
 """
 
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tagtune.hashes import file_hashes
+from tagtune.models.hashes import file_hashes
 
 BLOCK = 64 * 1024 * 1024
 

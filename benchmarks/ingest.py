@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from tagtune.ingest import ingest
-from tagtune.synthetic import write_jsonl_dump
-from tagtune.workspace import init_workspace
+from tagtune.recipe.workspace import init_workspace
+from tagtune.synthetic.collection import write_jsonl_dump
 
 
 def main() -> None:

@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY_FILES = (ROOT / "tests/data/sdxl-base-keys.tsv", Path("/work/shared/sdxl-base-keys.tsv"))
+KEY_FILE = ROOT / "tests/data/sdxl-base-keys.tsv"
 POOL = 1 << 24  # fp16 values in the random pool the tensors are cut from
 
 
 def sdxl_layout(scale: float) -> list[tuple[str, str, tuple[int, ...]]]:
     """(name, dtype, shape) of every tensor; first dimension scaled (at least 1)."""
-    path = next(p for p in KEY_FILES if p.is_file())
+    path = KEY_FILE
     out = []
     for line in path.read_text().splitlines():
         if not line or line.startswith("#") or line.startswith("key\t"):
@@ -141,7 +141,7 @@ def plain_read(paths: list[Path], chunk: int = 16 << 20) -> float:
 
 MERGE_CHILD = """
 import json, resource, sys, time
-from tagtune.merge import MergeSpec, merge_checkpoints
+from tagtune.merge.checkpoints import MergeSpec, merge_checkpoints
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 r = merge_checkpoints(sys.argv[1], sys.argv[2], sys.argv[3], MergeSpec(alpha=0.3),

@@ -82,8 +82,8 @@ def tiny_vae(seed: int = 0):
 
 def run(items: list[tuple], vae, cache: Path, workers: int) -> dict:
     """Encode every item into a fresh cache; the figures of that run."""
-    from tagtune.latents import encode_images
-    from tagtune.recipe import BucketConfig
+    from tagtune.prepare.encode import encode_images
+    from tagtune.recipe.model import BucketConfig
 
     shutil.rmtree(cache, ignore_errors=True)
     r = encode_images(items, vae, cache, BucketConfig(), workers, show_progress=True)

@@ -16,11 +16,12 @@ import shutil
 import time
 from pathlib import Path
 
-from tagtune.caption_build import build_captions
+from tagtune.captions.build import build_captions
+from tagtune.core.workspace import open_workspace
 from tagtune.ingest import ingest
+from tagtune.recipe.workspace import init_workspace
 from tagtune.report import write_report
-from tagtune.synthetic import write_jsonl_dump
-from tagtune.workspace import init_workspace, open_workspace
+from tagtune.synthetic.collection import write_jsonl_dump
 
 
 def build_catalog(out: Path, n: int) -> Path:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from tagtune import tags as tg
-from tagtune.catalog import open_catalog
-from tagtune.workspace import init_workspace
+from tagtune.core.catalog import open_catalog
+from tagtune.recipe.workspace import init_workspace
+from tagtune.tags import analytics as tg
 
 QUALITY = [(150, "masterpiece"), (100, "best quality"), (75, "great quality"),
            (25, "medium quality"), (0, "normal quality"), (-5, "low quality")]  # fmt: skip

@@ -5,7 +5,7 @@ Prints optimizer steps per second and the share of each step spent waiting for d
 
     .venv/bin/python benchmarks/train_step.py [--n STEPS] [--size 64] [--memory]
 
-By default the latents come from a real latent cache (`tagtune.latents.encode_images` over
+By default the latents come from a real latent cache (`tagtune.prepare.encode.encode_images` over
 synthetic coloured-shape images, 64x64 px -> 8x8 latents); `--memory` uses in-memory latents.
 """
 
@@ -75,9 +75,14 @@ def cached_latents(root: Path, components, n_images: int, size: int):
 
     import numpy as np
 
-    from tagtune.latents import PrepareItem, encode_images, open_latent_cache, vae_fingerprint
-    from tagtune.recipe import BucketConfig
-    from tagtune.synthetic import shape_image
+    from tagtune.prepare.encode import (
+        PrepareItem,
+        encode_images,
+        open_latent_cache,
+        vae_fingerprint,
+    )
+    from tagtune.recipe.model import BucketConfig
+    from tagtune.synthetic.collection import shape_image
 
     rng = np.random.default_rng(0)
     items = []
@@ -109,10 +114,10 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from tagtune.models.tiny import build_tiny_sdxl
+    from tagtune.synthetic.runs import InMemoryLatents, make_training_workspace, tiny_train_recipe
     from tagtune.train.loop import StageJob, train_stage
     from tagtune.train.runtime import make_runtime
     from tagtune.train.stages import load_examples
-    from tagtune.train.synthetic import InMemoryLatents, make_training_workspace, tiny_train_recipe
 
     batch = 4
     n_images = batch * args.n

@@ -34,8 +34,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from tagtune.models.tiny import build_tiny_sdxl
+    from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
     from tagtune.train.stages import run_training
-    from tagtune.train.synthetic import make_training_workspace, tiny_train_recipe
 
     frozen = {"lr_text_encoder": 0.0, "lr_text_encoder_2": 0.0} if args.frozen_encoders else {}
     recipe = tiny_train_recipe(epochs=args.epochs, batch_size=4, **frozen)

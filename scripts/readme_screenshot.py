@@ -37,8 +37,8 @@ def main() -> None:
     """Make (or reuse) the demo, rewrite its report, screenshot it, write the PNG."""
     from PIL import Image
 
+    from tagtune.core.workspace import open_workspace
     from tagtune.report import write_report
-    from tagtune.workspace import open_workspace
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", type=Path, default=Path("demo-workspace"), help="demo folder")

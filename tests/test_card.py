@@ -8,11 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tagtune.card import write_card
-from tagtune.catalog import open_catalog
 from tagtune.cli.main import app
-from tagtune.errors import WorkspaceError
-from tagtune.recipe import Recipe
-from tagtune.workspace import init_workspace
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import WorkspaceError
+from tagtune.recipe.model import Recipe
+from tagtune.recipe.workspace import init_workspace
 
 HASHES = {
     "sha256": "ab" * 32,
@@ -146,7 +146,9 @@ def test_missing_hashes_are_computed_from_the_export(ws):
 def test_the_vae_the_export_carries_is_named_under_the_base_model(ws):
     run_json = ws.runs_dir / "run1" / "run.json"
     record = json.loads(run_json.read_text())
-    assert "| VAE |" not in write_card(ws, force=True).read_text()  # a record from before VAEs were named
+    assert (
+        "| VAE |" not in write_card(ws, force=True).read_text()
+    )  # a record from before VAEs were named
     fix = {"path": "vaes/sdxl-vae-fix.safetensors", "name": "sdxl-vae-fix.safetensors",
            "sha256": "77" * 32, "autov2": "7777777777", "fingerprint": "88" * 32}  # fmt: skip
     record["vae"] = {**fix, "path": "", "name": ""}  # trained on the base's own VAE ...

@@ -48,7 +48,7 @@ def test_demo_runs_the_whole_pipeline(quick_demo):
 
 
 def test_demo_prints_validation_before_and_after_each_stage(capsys):
-    from tagtune.cli.demo_cmd import _print_validation
+    from tagtune.cli.demo import _print_validation
 
     before = {"loss": 0.5, "loss_wrong_caption": 0.5, "conditioning_gap": 0.0}
     after = {"loss": 0.25, "loss_wrong_caption": 0.3, "conditioning_gap": 0.2}
@@ -58,8 +58,8 @@ def test_demo_prints_validation_before_and_after_each_stage(capsys):
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
+    from tagtune.core.errors import InputError
     from tagtune.demo import run_demo
-    from tagtune.errors import InputError
 
     precious = tmp_path / "precious"
     precious.mkdir()

@@ -13,10 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tagtune.atomic import write_text_atomic
-from tagtune.errors import WorkspaceError
-from tagtune.outputs import claim_output
-from tagtune.workspace import Workspace, open_workspace
+from tagtune.core.atomic import write_text_atomic
+from tagtune.core.catalog import open_catalog
+from tagtune.core.errors import WorkspaceError
+from tagtune.core.outputs import claim_output
+from tagtune.core.workspace import Workspace, open_workspace
+from tagtune.models.hashes import file_hashes
+from tagtune.recipe.workspace import workspace_recipe
 
 RUN_FILE = "run.json"
 MODEL_TYPE = "Full fine-tune, SDXL 1.0"
@@ -95,7 +98,6 @@ def _load_run(ws: Workspace, run: str) -> tuple[Path, dict[str, Any]]:
 
 
 def _recommended(ws: Workspace) -> tuple[str, list[str]]:
-    from tagtune.catalog import open_catalog
 
     if not ws.catalog_path.is_file():
         raise WorkspaceError("no catalog", file=ws.catalog_path, hint="run `tagtune ingest` first")
@@ -133,7 +135,6 @@ def _export_hashes(
             raise WorkspaceError(
                 "exported checkpoint not found (its hashes are not in the run record)", file=file
             )
-        from tagtune.hashes import file_hashes
 
         hashes = {
             **{k: v for k, v in file_hashes(file).items() if v},
@@ -293,7 +294,7 @@ def render_card(
     hashes: dict[str, Any],
 ) -> str:
     """The card's Markdown from a run record, the recommended tags and the export's hashes."""
-    from tagtune.tags import prompt_line
+    from tagtune.tags.analytics import prompt_line
 
     recipe = record["recipe"]
     project, export = recipe["project"], recipe["export"]
@@ -402,7 +403,7 @@ def write_card(
     `force`; the files it is made from (model, run record, recipe, catalog) never are.
     """
     ws = ws if isinstance(ws, Workspace) else open_workspace(ws)
-    run = run or ws.recipe().train.run
+    run = run or workspace_recipe(ws).train.run
     run_path, record = _load_run(ws, run)
     file_name, hashes = _export_hashes(ws, record, run_path)
     target = Path(out) if out else ws.out_dir / f"{Path(file_name).stem}.md"

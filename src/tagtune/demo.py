@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tagtune.errors import InputError
-from tagtune.recipe import (
+from tagtune.captions.build import build_captions
+from tagtune.card import write_card
+from tagtune.core.errors import InputError
+from tagtune.generate.pipeline import generate
+from tagtune.ingest.driver import ingest
+from tagtune.models.hashes import file_hashes
+from tagtune.recipe.model import (
     BucketConfig,
     ExportConfig,
     ModelConfig,
@@ -26,7 +31,10 @@ from tagtune.recipe import (
     StageConfig,
     TrainConfig,
 )
-from tagtune.recipe_validation import ValidationConfig
+from tagtune.recipe.validation import ValidationConfig
+from tagtune.recipe.workspace import init_workspace
+from tagtune.synthetic.collection import write_collection
+from tagtune.train.export import export_model
 
 DEMO_PROMPT_FALLBACK = "1girl, smile, blue sky"
 DEMO_MARKER = ".tagtune-demo"
@@ -129,21 +137,13 @@ def run_demo(
     """Run the whole pipeline in `folder` (created; an earlier demo there is replaced)."""
     import shutil
 
-    from tagtune.caption_build import build_captions
-    from tagtune.card import write_card
-    from tagtune.generate import generate
-    from tagtune.hashes import file_hashes
-    from tagtune.ingest.driver import ingest
     from tagtune.models.save import save_single_file
     from tagtune.models.tiny import build_tiny_sdxl
-    from tagtune.prepare import prepare_workspace
+    from tagtune.prepare.run import prepare_workspace
     from tagtune.report import write_report
-    from tagtune.synthetic import write_collection
-    from tagtune.tags import suggest_tags
-    from tagtune.train.export import export_model
+    from tagtune.tags.analytics import suggest_tags
     from tagtune.train.sampling import save_grid
     from tagtune.train.stages import run_training
-    from tagtune.workspace import init_workspace
 
     root = Path(folder)
     if root.exists():

@@ -8,22 +8,23 @@ import sys
 import typer
 
 from tagtune.cli import (
-    caption_cmd,
-    card_cmd,
-    demo_cmd,
-    generate_cmd,
-    ingest_cmd,
-    merge_cmd,
-    model_cmds,
-    prepare_cmd,
-    report_cmd,
-    tags_cmd,
-    train_cmd,
-    workspace_cmds,
+    caption,
+    card,
+    demo,
+    export,
+    generate,
+    ingest,
+    merge,
+    models,
+    prepare,
+    report,
+    tags,
+    train,
+    workspace,
 )
 from tagtune.cli.common import err_console, error_line
-from tagtune.errors import TagtuneError
-from tagtune.stale_temps import freed_total, reset_freed_total
+from tagtune.core.errors import TagtuneError
+from tagtune.core.stale_temps import freed_total, reset_freed_total
 
 app = typer.Typer(
     name="tagtune",
@@ -40,18 +41,19 @@ def _root() -> None:
 
 
 for module in (
-    workspace_cmds,
-    ingest_cmd,
-    caption_cmd,
-    tags_cmd,
-    model_cmds,
-    prepare_cmd,
-    train_cmd,
-    generate_cmd,
-    merge_cmd,
-    card_cmd,
-    report_cmd,
-    demo_cmd,
+    workspace,
+    ingest,
+    caption,
+    tags,
+    models,
+    prepare,
+    train,
+    export,
+    generate,
+    merge,
+    card,
+    report,
+    demo,
 ):
     module.register(app)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
 
 _GALLERY_DL = re.compile(r"^danbooru_(\d+)_([0-9a-fA-F]{32})(\.\w+)?$")
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")

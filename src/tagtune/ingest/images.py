@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tagtune.untrusted import NOT_REGULAR, NotRegularFile, read_regular
+from tagtune.core.untrusted import NOT_REGULAR, NotRegularFile, read_regular
 
 VIDEO_EXTS = frozenset({"mp4", "webm", "zip", "swf", "mkv", "mov", "avi", "ugoira"})
 """Video and archive extensions (an ugoira arrives as zip or webm): never ingested."""

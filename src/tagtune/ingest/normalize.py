@@ -15,10 +15,10 @@ modern meaning (with legacy_ratings, an old `s` meant safe and becomes `g`).
 
 from __future__ import annotations
 
+from tagtune.ingest.safety import blocked_hits_sql, blocked_sql, safety_rating_sql
 from tagtune.ingest.sources import post_id_sql
-from tagtune.recipe import SafetyConfig
-from tagtune.safety import blocked_hits_sql, blocked_sql, safety_rating_sql
-from tagtune.tag_normalize import split_tags_sql, tidy_sql
+from tagtune.ingest.tag_normalize import split_tags_sql, tidy_sql
+from tagtune.recipe.model import SafetyConfig
 
 GROUPS = ("artist", "copyright", "character", "general", "meta")
 PATHS = (

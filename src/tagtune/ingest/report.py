@@ -6,8 +6,8 @@ from typing import Any
 
 import duckdb
 
-from tagtune.catalog import open_catalog
-from tagtune.workspace import Workspace
+from tagtune.core.catalog import open_catalog
+from tagtune.core.workspace import Workspace
 
 
 def _counts(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, int]:

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import duckdb
 
-from tagtune.errors import InputError
-from tagtune.ingest.images import MEDIA_EXTS
-from tagtune.untrusted import (
+from tagtune.core.errors import InputError
+from tagtune.core.untrusted import (
     NOT_REGULAR,
     BadJSON,
     NotRegularFile,
@@ -34,6 +33,7 @@ from tagtune.untrusted import (
     parse_json,
     read_regular,
 )
+from tagtune.ingest.images import MEDIA_EXTS
 
 KINDS = ("folder", "api-json", "jsonl", "parquet")
 MAX_SIDECAR_BYTES = 16 * 1024 * 1024

@@ -18,10 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tagtune.errors import ModelFileError
+from tagtune.core.errors import ModelFileError
+from tagtune.core.untrusted import BadJSON, NotRegularFile, parse_json, read_regular
 from tagtune.models.components import SDXLComponents
 from tagtune.models.safetensors_io import short_repr
-from tagtune.untrusted import BadJSON, NotRegularFile, parse_json, read_regular
 
 CONFIG_FILES: dict[str, str] = {
     "unet": "unet/config.json",

@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 import torch
 
-from tagtune.errors import InputError
+from tagtune.core.errors import InputError
+from tagtune.core.outputs import Inputs, check_output, claim_output
 from tagtune.models.modelspec import modelspec_metadata
-from tagtune.outputs import Inputs, check_output, claim_output
 
 Format = Literal["single-file", "diffusers"]
 FORMATS: tuple[str, ...] = ("single-file", "diffusers")

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import ModelFileError
+from tagtune.core.errors import ModelFileError
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import DependencyError, ModelFileError
-from tagtune.models import keys
+from tagtune.core.errors import DependencyError, ModelFileError
+from tagtune.core.untrusted import BadJSON, parse_json
+from tagtune.models import clip_vocab, keys
 from tagtune.models.components import SDXLComponents
 from tagtune.models.configs import (
     CONFIG_FILES,
@@ -28,7 +29,6 @@ from tagtune.models.configs import (
     sdxl_base_configs,
 )
 from tagtune.models.safetensors_io import load_tensors, read_header
-from tagtune.untrusted import BadJSON, parse_json
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -243,10 +243,9 @@ def resolve_tokenizers(tokenizers: Any = None, folder: Path | None = None) -> tu
             )  # type: ignore[return-value]
     if tokenizers is not None:
         raise DependencyError("has no tokenizer/ and tokenizer_2/ folders", file=tokenizers)
-    from tagtune.clip_vocab import sdxl_tokenizers, vocab_available
 
-    if vocab_available():
-        return sdxl_tokenizers()
+    if clip_vocab.vocab_available():
+        return clip_vocab.sdxl_tokenizers()
     raise DependencyError(
         "no tokenizers: the model has no tokenizer/ and tokenizer_2/ folders, no tokenizers "
         "folder was given, and the CLIP BPE vocabulary is not available offline",

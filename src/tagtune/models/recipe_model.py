@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import WorkspaceError
+from tagtune.core.errors import WorkspaceError
+from tagtune.core.workspace import Workspace
 from tagtune.models.components import SDXLComponents
-from tagtune.recipe import Recipe
-from tagtune.workspace import Workspace
+from tagtune.models.modelspec import vae_metadata
+from tagtune.recipe.model import Recipe
+from tagtune.recipe.workspace import workspace_recipe
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,13 @@ class VaeSource:
 
     def metadata(self) -> dict[str, str]:
         """Header keys naming the VAE in an export (none for the base model's own VAE)."""
-        from tagtune.models.modelspec import vae_metadata
 
         return vae_metadata(self.name, self.sha256, self.autov2) if self.baked else {}
 
 
 def describe_vae(vae: Any, path: str = "", file: Path | None = None) -> VaeSource:
     """A VaeSource for the loaded VAE module `vae`, baked from `file` (recipe path `path`)."""
-    from tagtune.latents import vae_fingerprint
-    from tagtune.models.vae_bake import vae_file_hashes
+    from tagtune.models.vae_bake import vae_file_hashes, vae_fingerprint
 
     sha256, autov2 = vae_file_hashes(file) if file is not None else ("", "")
     name = file.name if file is not None else ""
@@ -81,7 +81,7 @@ def load_recipe_model(
     from tagtune.models.load import load_model
     from tagtune.models.vae_bake import bake_vae_into
 
-    recipe = recipe or ws.recipe()
+    recipe = recipe or workspace_recipe(ws)
     model = recipe.model
     if not model.base:
         raise WorkspaceError(

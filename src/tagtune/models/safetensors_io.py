@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from tagtune.atomic import atomic_path
-from tagtune.errors import ModelFileError
-from tagtune.untrusted import BadJSON, parse_json
+from tagtune.core.atomic import atomic_path
+from tagtune.core.errors import ModelFileError
+from tagtune.core.untrusted import BadJSON, parse_json
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_HEADER_DEPTH = 8

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from tagtune.atomic import atomic_dir, write_text_atomic
-from tagtune.errors import InputError
+from tagtune.core.atomic import atomic_dir, write_text_atomic
+from tagtune.core.errors import InputError
+from tagtune.core.outputs import check_output
 from tagtune.models import keys
 from tagtune.models.components import SDXLComponents
 from tagtune.models.configs import (
@@ -25,7 +26,6 @@ from tagtune.models.configs import (
 )
 from tagtune.models.modelspec import HASH_KEY, modelspec_metadata
 from tagtune.models.safetensors_io import write_safetensors
-from tagtune.outputs import check_output
 
 DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,

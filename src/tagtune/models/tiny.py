@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from tagtune.models.clip_vocab import sdxl_tokenizers
 from tagtune.models.components import VAE_SCALING_FACTOR, SDXLComponents
+from tagtune.models.shapes import shape_image
 
 TE1_WIDTH = 32
 TE2_WIDTH = 48
@@ -101,12 +103,10 @@ TEXT_ENCODER_2_CONFIG: dict[str, Any] = {
 def build_tiny_sdxl(seed: int = 0, tokenizers: tuple[Any, Any] | None = None) -> SDXLComponents:
     """A tiny SDXL model with weights drawn from `seed` (same seed, same bytes).
 
-    Tokenizers default to the real CLIP vocabulary (see `tagtune.clip_vocab`).
+    Tokenizers default to the real CLIP vocabulary (see `tagtune.models.clip_vocab`).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from tagtune.clip_vocab import sdxl_tokenizers
 
     devnull = torch.random.fork_rng(devices=[])
     with devnull:
@@ -137,8 +137,6 @@ def build_tiny_sdxl(seed: int = 0, tokenizers: tuple[Any, Any] | None = None) ->
 def calibration_images(n: int = 8, size: int = 64) -> torch.Tensor:
     """Ordinary-looking pixels [n, 3, size, size] in [-1, 1]: the synthetic coloured shapes."""
     import numpy as np
-
-    from tagtune.synthetic import shape_image
 
     rng = np.random.default_rng(0)
     arrays = [np.asarray(shape_image(rng, (size, size))[0]) for _ in range(n)]

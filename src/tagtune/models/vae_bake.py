@@ -12,6 +12,7 @@ fit the VAE with `fit_vae`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import ModelFileError
+from tagtune.core.errors import ModelFileError
+from tagtune.core.outputs import claim_output
 from tagtune.models import keys
 from tagtune.models.configs import (
     METADATA_KEY,
@@ -27,10 +29,10 @@ from tagtune.models.configs import (
     read_config_file,
     sdxl_base_configs,
 )
+from tagtune.models.hashes import file_hashes
 from tagtune.models.load import read_checkpoint, read_folder_component, weights_file
 from tagtune.models.modelspec import HASH_KEY, vae_metadata
 from tagtune.models.safetensors_io import LazyTensor, lazy_tensors, write_safetensors
-from tagtune.outputs import claim_output
 
 DIFFUSERS_VAE_SIGNATURE = "encoder.down_blocks."
 LDM_VAE_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
@@ -213,7 +215,6 @@ def _file_hashes(path: Path | None) -> tuple[str, str]:
     """(sha256, AutoV2) of a file, or empty strings without one."""
     if path is None:
         return "", ""
-    from tagtune.hashes import file_hashes
 
     h = file_hashes(path)
     return h["sha256"] or "", h["autov2"] or ""
@@ -222,3 +223,22 @@ def _file_hashes(path: Path | None) -> tuple[str, str]:
 def vae_file_hashes(vae: str | Path) -> tuple[str, str]:
     """(sha256, AutoV2) of the VAE's weights file (see `vae_weights_file`); empty when sharded."""
     return _file_hashes(vae_weights_file(vae))
+
+
+def vae_fingerprint(vae: Any) -> str:
+    """sha256 over the VAE's weights: every name, shape and value, floats as fp32 bytes.
+
+    Any change to a weight's value (a baked fixed VAE, weights rounded to another precision)
+    gives another hash, so latents of one VAE are never served for another. The dtype the
+    weights are held in does not count: an fp16 VAE file loaded into fp32 modules, or the
+    same values held in bf16, hash alike (and as tagtune's earlier fp32-only hash did).
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        t = tensor.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(torch.float32)
+        t = t.contiguous().reshape(-1)
+        h.update(f"{name}|{tuple(tensor.shape)}|{str(t.dtype)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

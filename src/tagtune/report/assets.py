@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tagtune.atomic import atomic_path
+from tagtune.core.atomic import atomic_path
 
 ASSET_NAME = re.compile(r"^(chart|crop|grid)-[0-9a-f]{16}\.(svg|jpg)$")
 THUMB_QUALITY = 82

@@ -14,16 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tagtune.atomic import write_text_atomic
-from tagtune.catalog import connect
-from tagtune.errors import TagtuneError, WorkspaceError
+from tagtune.core.atomic import write_text_atomic
+from tagtune.core.catalog import connect
+from tagtune.core.errors import TagtuneError, WorkspaceError
+from tagtune.core.workspace import Workspace, open_workspace
+from tagtune.recipe.workspace import workspace_recipe
 from tagtune.report.assets import Assets, referenced
 from tagtune.report.crops import buckets_section
 from tagtune.report.dataset import dataset_section
 from tagtune.report.outputs import outputs_section, size_text
 from tagtune.report.page import render_page, written_by_us
 from tagtune.report.runs import runs_section
-from tagtune.workspace import Workspace, open_workspace
 
 REPORT_NAME = "report.html"
 
@@ -118,7 +119,7 @@ def write_report(
     previous = page.read_text(encoding="utf-8", errors="replace") if page.is_file() else ""
     notes: list[str] = []
     try:
-        recipe = ws.recipe()
+        recipe = workspace_recipe(ws)
         subsets, title = [s.subset for s in recipe.train.stages], recipe.project.name
     except TagtuneError as exc:
         subsets, title = [], ws.root.name

@@ -15,13 +15,13 @@ from typing import Any
 
 import duckdb
 
-from tagtune.buckets import resize_and_crop_params
-from tagtune.catalog import subset_where
-from tagtune.errors import TagtuneError
-from tagtune.latents import open_latent_cache
+from tagtune.core.catalog import subset_where
+from tagtune.core.errors import TagtuneError
+from tagtune.core.workspace import Workspace
+from tagtune.prepare.buckets import resize_and_crop_params
+from tagtune.prepare.encode import open_latent_cache
 from tagtune.report import charts
 from tagtune.report.assets import Assets
-from tagtune.workspace import Workspace
 
 THUMBS_PER_BUCKET = 3
 THUMB_SIDE = 176
@@ -139,7 +139,7 @@ def buckets_section(
     except TagtuneError as exc:
         cache, section.note = None, f"latent cache unreadable: {exc.message()}"
     if cache is None:
-        from tagtune.prepare import plan_workspace
+        from tagtune.prepare.run import plan_workspace
 
         section.source = "planned from the catalog's image sizes (no latent cache yet)"
         try:

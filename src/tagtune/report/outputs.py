@@ -15,8 +15,8 @@ from pathlib import Path
 
 import duckdb
 
-from tagtune.tags import prompt_line
-from tagtune.workspace import Workspace
+from tagtune.core.workspace import Workspace
+from tagtune.tags.analytics import prompt_line
 
 HASH_LABELS = (
     ("autov2", "AutoV2"),

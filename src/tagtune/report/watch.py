@@ -15,9 +15,9 @@ from pathlib import Path
 
 import duckdb
 
-from tagtune.errors import InputError, TagtuneError
+from tagtune.core.errors import InputError, TagtuneError
+from tagtune.core.workspace import Workspace, open_workspace
 from tagtune.report.build import ReportResult, write_report
-from tagtune.workspace import Workspace, open_workspace
 
 MIN_EVERY = 1.0
 

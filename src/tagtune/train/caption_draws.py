@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from tagtune.captions import tag_text
-from tagtune.recipe import CaptionConfig, StageConfig
+from tagtune.captions.rules import tag_text
+from tagtune.recipe.model import CaptionConfig, StageConfig
 
 SHUFFLED_GROUP = "general"
 

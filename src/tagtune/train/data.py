@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from tagtune.recipe import StageConfig
+from tagtune.recipe.model import StageConfig
 from tagtune.train.caption_draws import draw_tags
 
 

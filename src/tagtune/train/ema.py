@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from tagtune.errors import TrainingError
-from tagtune.recipe import StageConfig, TrainConfig
+from tagtune.core.errors import TrainingError
+from tagtune.recipe.model import StageConfig, TrainConfig
 from tagtune.train.state import state_meta
 
 PREFIX = "ema-"

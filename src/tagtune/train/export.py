@@ -1,9 +1,8 @@
 """Final single-file export: the recipe's model + every finished stage's weights -> one SDXL
 safetensors, carrying the recipe's VAE (`model.vae`) when one is set.
 
-The header carries ModelSpec metadata plus `tagtune.recipe` (the recipe as JSON),
-`tagtune.training` (stages, steps, epochs, images) and `tagtune.tag_frequency` (top caption
-tags with counts). The file's hashes go into run.json.
+The file is written by `train.export_file` (header: ModelSpec + tagtune's metadata); its
+hashes go into run.json.
 """
 
 from __future__ import annotations
@@ -13,13 +12,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagtune.errors import TrainingError
-from tagtune.outputs import claim_output
-from tagtune.recipe import Recipe
+from tagtune.core.errors import InputError, TrainingError
+from tagtune.core.outputs import claim_output
+from tagtune.core.workspace import Workspace
+from tagtune.models.hashes import file_hashes
+from tagtune.models.recipe_model import vae_source_of
+from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
-from tagtune.workspace import Workspace
+from tagtune.train import stages  # looked up at call time: tests replace stages.load_base
+from tagtune.train.ema import apply_ema_weights, check_has_ema
+from tagtune.train.export_file import (
+    export_components,
+    model_inputs,
+    tag_frequency,
+    training_summary,
+)
 
-TOP_TAGS = 100
+DTYPES = ("fp16", "bf16", "fp32")
 
 
 @dataclass
@@ -33,76 +42,6 @@ class ExportResult:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready summary for the CLI."""
         return {"path": str(self.path), "stage": self.stage, "hashes": self.hashes}
-
-
-def tag_frequency(ws: Workspace, top: int = TOP_TAGS) -> dict[str, int]:
-    """The most frequent caption tags of the workspace with their counts (for the header)."""
-    from tagtune.catalog import open_catalog
-
-    if not ws.catalog_path.exists():
-        return {}
-    with open_catalog(ws.catalog_path, read_only=True) as con:
-        rows = con.execute(
-            "SELECT tag, count(*) AS n FROM (SELECT unnest(c.tags) AS tag FROM captions c "
-            "JOIN posts ON posts.id = c.post_id WHERE posts.excluded IS NULL) "
-            "GROUP BY tag ORDER BY n DESC, tag LIMIT ?",
-            [top],
-        ).fetchall()
-    return {t: int(n) for t, n in rows}
-
-
-def training_summary(record: dict[str, Any]) -> dict[str, Any]:
-    """The `tagtune.training` header value: per-stage settings and totals."""
-    keep = ("name", "subset", "images", "epochs", "steps", "batch_size", "repeats")
-    stages = [
-        {**{k: s[k] for k in keep}, "optimizer": s["settings"]["optimizer"],
-         "lr_unet": s["settings"]["lr_unet"], "lr_text_encoder": s["settings"]["lr_text_encoder"],
-         "lr_text_encoder_2": s["settings"]["lr_text_encoder_2"]}
-        for s in record["stages"] if s["status"] == "complete"
-    ]  # fmt: skip
-    return {"stages": stages, **rec.totals(record)}
-
-
-def model_inputs(ws: Workspace, recipe: Recipe) -> list[tuple[str, Path | None]]:
-    """The recipe's model files (base, VAE, tokenizers): an export must never replace them."""
-    model = recipe.model
-    return [
-        (f"the {what} (model.{key})", ws.resolve(value) if value else None)
-        for key, what, value in (
-            ("base", "base model", model.base),
-            ("vae", "VAE", model.vae),
-            ("tokenizers", "tokenizers folder", model.tokenizers),
-        )
-    ]
-
-
-def export_components(
-    components: Any,
-    out: Path,
-    recipe: Recipe,
-    dtype: str = "fp16",
-    extra: dict[str, str] | None = None,
-) -> Path:
-    """Write the components as one SDXL single file with ModelSpec + tagtune metadata
-    (`tagtune.baked_vae*` name the recipe's VAE when one was baked in)."""
-    from tagtune.models.modelspec import modelspec_metadata
-    from tagtune.models.recipe_model import vae_source_of
-    from tagtune.models.save import save_single_file
-
-    meta = modelspec_metadata(
-        recipe.project.name,
-        author=recipe.project.author,
-        description=recipe.project.description,
-        license=recipe.project.license,
-        resolution="{}x{}".format(*recipe.export.resolution),
-        prediction_type=recipe.model.prediction_type,
-        extra={
-            "tagtune.recipe": json.dumps(recipe.model_dump(mode="json")),
-            **vae_source_of(components).metadata(),
-            **(extra or {}),
-        },
-    )
-    return Path(save_single_file(components, out, dtype=dtype, metadata=meta))
 
 
 def export_model(
@@ -127,12 +66,11 @@ def export_model(
     the recipe's (`load_recipe_model`: `model.vae` baked in), so the file carries the VAE the
     latents were made with; run.json's export record names it.
     """
-    from tagtune.hashes import file_hashes
-    from tagtune.models.recipe_model import vae_source_of
-    from tagtune.train.ema import apply_ema_weights, check_has_ema
-    from tagtune.train.stages import apply_stage_weights, final_state_path, load_base
-
-    recipe = ws.recipe()
+    if dtype is not None and dtype not in DTYPES:
+        raise InputError(
+            "not an allowed dtype", field="--dtype", value=dtype, allowed=", ".join(DTYPES)
+        )
+    recipe = workspace_recipe(ws)
     run_dir = ws.runs_dir / (run or recipe.train.run)
     record = rec.read_run(run_dir)
     done = [s for s in (record or {}).get("stages", []) if s["status"] == "complete"]
@@ -146,7 +84,7 @@ def export_model(
         raise TrainingError(
             "stage is not complete", field="stage", value=target, allowed=", ".join(names)
         )
-    states = {s["name"]: final_state_path(ws, s) for s in done[: names.index(target) + 1]}
+    states = {s["name"]: stages.final_state_path(ws, s) for s in done[: names.index(target) + 1]}
     if ema:  # before any slow work
         check_has_ema(states[target], target)
     default = f"{recipe.project.name}{'-ema' if ema else ''}.safetensors"
@@ -158,9 +96,9 @@ def export_model(
         *ws.inputs(),
     ]
     claim_output(out, force=force, inputs=inputs)
-    components = components if components is not None else load_base(ws, recipe)
+    components = components if components is not None else stages.load_base(ws, recipe)
     for path in states.values():
-        apply_stage_weights(components, path)
+        stages.apply_stage_weights(components, path)
     extra = {
         "tagtune.training": json.dumps(training_summary(record)),
         "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),

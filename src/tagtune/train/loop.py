@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import TrainingError
-from tagtune.recipe import StageConfig, TrainConfig
+from tagtune.core.errors import TrainingError
+from tagtune.recipe.model import StageConfig, TrainConfig
 from tagtune.train.data import (
     Example,
     LatentSource,

@@ -38,7 +38,7 @@ def encode_captions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL prompt embeddings and pooled embeddings; no graph when both encoders are frozen."""
     if encode_fn is None:
-        from tagtune.conditioning import encode_prompts as encode_fn
+        from tagtune.models.conditioning import encode_prompts as encode_fn
     ctx = contextlib.nullcontext() if train_encoders else torch.no_grad()
     with ctx:
         return encode_fn(components, list(captions), max_token_length=max_token_length)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tagtune.recipe import StageConfig, TrainConfig
+from tagtune.recipe.model import StageConfig, TrainConfig
 from tagtune.train.ema import stage_decay
 
 GIB = 1024**3

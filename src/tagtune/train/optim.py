@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import DependencyError
-from tagtune.recipe import StageConfig
+from tagtune.core.errors import DependencyError
+from tagtune.recipe.model import StageConfig
 
 TRAINABLE = ("unet", "text_encoder", "text_encoder_2")
 

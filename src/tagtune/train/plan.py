@@ -9,20 +9,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tagtune.catalog import check_subset, open_catalog
-from tagtune.subset_sql import stage_field
+from tagtune.core.catalog import check_subset, open_catalog
+from tagtune.core.subsets import stage_field
+from tagtune.core.workspace import Workspace
+from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train.data import steps_per_epoch
 from tagtune.train.memory import estimate_memory
 from tagtune.train.optim import warmup_steps
 from tagtune.train.sampling import sampling_planned
-from tagtune.workspace import Workspace
 
 
 def _only_cache(ws: Workspace) -> Any:
     folders = sorted((ws.cache_dir / "latents").glob("vae-*"))
     if len(folders) != 1:
         return None
-    from tagtune.latents import open_latent_cache
+    from tagtune.prepare.encode import open_latent_cache
 
     try:
         return open_latent_cache(ws.cache_dir, folders[0].name.removeprefix("vae-"))
@@ -38,7 +39,7 @@ def dry_run(
     from tagtune.train.stages import load_examples
     from tagtune.train.validation import choose_held_out
 
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     latents = latents if latents is not None else _only_cache(ws)
     stages = []
     held = (

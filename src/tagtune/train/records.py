@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tagtune.atomic import write_text_atomic
-from tagtune.recipe import Recipe, StageConfig
+from tagtune.core.atomic import write_text_atomic
+from tagtune.recipe.model import Recipe, StageConfig
 
 RUN_FILE = "run.json"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tagtune.errors import DependencyError
+from tagtune.core.errors import DependencyError
 
 BUCKET = 1 << 24  # elements per gradient all-reduce
 

@@ -18,12 +18,12 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tagtune.errors import InputError
-from tagtune.generate import MAX_SEED, SCHEDULERS
-from tagtune.infotext import SAMPLER_LABELS
-from tagtune.recipe import MAX_SIDE, TrainConfig
-from tagtune.untrusted import read_regular
-from tagtune.workspace import Workspace
+from tagtune.core.errors import InputError
+from tagtune.core.untrusted import read_regular
+from tagtune.core.workspace import Workspace
+from tagtune.generate.pipeline import MAX_SEED
+from tagtune.generate.samplers import SAMPLER_LABELS, SCHEDULERS
+from tagtune.recipe.model import MAX_SIDE, TrainConfig
 
 MAX_PROMPT_FILE_BYTES = 1024 * 1024
 MAX_PROMPTS = 256

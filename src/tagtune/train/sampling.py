@@ -1,7 +1,7 @@
 """Sample images during training: seeded PNGs with A1111 infotext, and a labelled grid.
 
-Built from the in-memory components (no copy of the weights) by `tagtune.generate`, so
-samples condition prompts exactly as `tagtune generate` does. Prompts and their settings
+Built from the in-memory components (no copy of the weights) by `tagtune.generate.pipeline`,
+so samples condition prompts exactly as `tagtune generate` does. Prompts and their settings
 come from `tagtune.train.sample_prompts` (the recipe's list and an sd-scripts prompt file).
 `TrainingSamples` says when: at a stage's start (`sample_at_start`), every N steps and every
 N epochs; with EMA on, samples show the averaged weights. Sampling draws only from its own
@@ -19,10 +19,15 @@ from typing import Any
 
 import torch
 
-from tagtune.recipe import Recipe, StageConfig, TrainConfig
+from tagtune.core.atomic import atomic_path
+from tagtune.core.workspace import Workspace
+from tagtune.generate.infotext import Infotext, write_png
+from tagtune.generate.pipeline import build_pipeline, prompt_embeddings, render
+from tagtune.generate.samplers import make_scheduler
+from tagtune.recipe.model import Recipe, StageConfig, TrainConfig
 from tagtune.train.ema import WeightEMA, ema_applied
+from tagtune.train.export_file import export_components
 from tagtune.train.sample_prompts import SamplePrompt, inline_prompts
-from tagtune.workspace import Workspace
 
 CFG_SCALE = 7.0
 """The recipe's default `sample_cfg_scale`."""
@@ -46,11 +51,9 @@ def sample_images(
 
     `prompts` default to `cfg.sample_prompts` with the recipe's settings (seed = `seed` or the
     train seed, plus the prompt's index). The pipeline and the prompt embeddings come from
-    `tagtune.generate` (on the device the U-Net is on), so a sample and `tagtune generate`
+    `tagtune.generate.pipeline` (on the device the U-Net is on), so a sample and `tagtune generate`
     with the same prompt, seed and settings condition the prompt identically.
     """
-    from tagtune.generate import build_pipeline, make_scheduler
-    from tagtune.infotext import write_png
 
     prompts = inline_prompts(cfg, seed) if prompts is None else list(prompts)
     paths, images = [], []
@@ -71,8 +74,6 @@ def _sample_one(
     components: Any, pipe: Any, p: SamplePrompt, label: str, extra: dict[str, str]
 ) -> tuple[Any, Any]:
     """(infotext, image) of one sample."""
-    from tagtune.generate import prompt_embeddings, render
-    from tagtune.infotext import Infotext
 
     with mixed_dtype_autocast(components):
         embeddings = prompt_embeddings(components, p.prompt, p.negative)
@@ -138,8 +139,6 @@ def save_grid(images: list[Any], path: Path, labels: Sequence[str] | None = None
     wrapped to the cell's width and cut after `LABEL_LINES` lines.
     """
     from PIL import Image, ImageDraw, ImageFont
-
-    from tagtune.atomic import atomic_path
 
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
@@ -231,8 +230,6 @@ class TrainingSamples:
         if cfg.sample_every_n_epochs and self.prompts and epoch % cfg.sample_every_n_epochs == 0:
             self._sample(f"epoch-{epoch:03d}", f"e{epoch}", step, self.ema)
         if cfg.export_every_epoch:
-            from tagtune.train.export import export_components
-
             name = f"{self.recipe.project.name}-{self.stage.name}-e{epoch:03d}.safetensors"
             out = self.dir / "exports" / name
             export_components(self.components, out, self.recipe, dtype=self.recipe.export.dtype)

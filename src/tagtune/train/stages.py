@@ -16,15 +16,22 @@ from typing import Any
 
 import torch
 
-from tagtune.catalog import check_subset, open_catalog
-from tagtune.errors import TrainingError
+from tagtune.core.catalog import check_subset, open_catalog
+from tagtune.core.errors import TrainingError
+from tagtune.core.subsets import stage_field
+from tagtune.core.workspace import Workspace
+from tagtune.ingest.verdicts import catalog_is_current
+from tagtune.models.hashes import file_hashes
 from tagtune.models.recipe_model import vae_source_of
-from tagtune.recipe import Recipe, StageConfig
-from tagtune.subset_sql import stage_field
+from tagtune.recipe.model import Recipe, StageConfig
+from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
 from tagtune.train.caption_draws import protected_texts
 from tagtune.train.data import Example, steps_per_epoch
+from tagtune.train.ema import WeightEMA
+from tagtune.train.monitor import Monitor
 from tagtune.train.optim import TRAINABLE, warmup_steps
+from tagtune.train.sample_prompts import sample_prompts
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
 from tagtune.train.validation import (
     HeldOutImage,
@@ -33,7 +40,6 @@ from tagtune.train.validation import (
     held_out_notes,
     stage_validation,
 )
-from tagtune.workspace import Workspace
 
 SUMMARY_KEYS = ("name", "images", "steps", "seconds", "final_loss", "final_state", "validation")
 """What `TrainSummary.ran` (and `tagtune train --json`) says about each stage run."""
@@ -69,22 +75,25 @@ def load_examples(
 
     Posts in `exclude` (the held-out images) are left out and not counted as missing.
     """
-    from tagtune.ingest.driver import catalog_is_current
 
     with open_catalog(ws.catalog_path, read_only=True) as con:
-        if not catalog_is_current(con, ws.recipe()):
+        if not catalog_is_current(con, workspace_recipe(ws)):
             raise TrainingError(
                 "the recipe's safety lists or legacy_ratings changed since the catalog was judged",
                 file=ws.catalog_path,
                 hint="run `tagtune caption WS` (it re-judges the posts and rebuilds the captions)",
             )
-        where = check_subset(con, stage.subset, stage_field(ws.recipe().train.stages, stage))
+        where = check_subset(
+            con, stage.subset, stage_field(workspace_recipe(ws).train.stages, stage)
+        )
         rows = con.execute(
             "SELECT c.post_id, c.caption, c.tags, c.groups FROM captions c "
             f"JOIN posts ON posts.id = c.post_id WHERE {where} ORDER BY c.post_id"
         ).fetchall()
     captions = {pid: (cap, tags, groups) for pid, cap, tags, groups in rows if pid not in exclude}
-    protected = protected_texts(stage, ws.recipe().caption)  # never dropped (caption_draws)
+    protected = protected_texts(
+        stage, workspace_recipe(ws).caption
+    )  # never dropped (caption_draws)
     records = latents.records(list(captions), include_flipped=flip)
     examples = []
     for r in records:
@@ -107,8 +116,6 @@ def base_model_info(ws: Workspace, recipe: Recipe, components: Any) -> dict[str,
     """Path and hashes of the base model (empty hashes for in-memory models)."""
     path = ws.resolve(recipe.model.base) if recipe.model.base else None
     if path is not None and path.is_file():
-        from tagtune.hashes import file_hashes
-
         h = file_hashes(path)
         return {"path": recipe.model.base, "sha256": h["sha256"], "autov2": h["autov2"]}
     return {
@@ -127,7 +134,7 @@ def load_base(ws: Workspace, recipe: Recipe) -> Any:
 
 def open_latents(ws: Workspace, vae_hash: str) -> Any:
     """The workspace's latent cache for the VAE with this fingerprint."""
-    from tagtune.latents import open_latent_cache
+    from tagtune.prepare.encode import open_latent_cache
 
     return open_latent_cache(ws.cache_dir, vae_hash)
 
@@ -198,14 +205,11 @@ def run_training(
     `model.vae` baked in) and the workspace's latent cache for that VAE; tests pass a tiny
     model and in-memory latents. run.json's `vae` names the VAE the latents come from.
     """
-    from tagtune.train.ema import WeightEMA
     from tagtune.train.loop import StageJob, train_stage
-    from tagtune.train.monitor import Monitor
     from tagtune.train.runtime import make_runtime
-    from tagtune.train.sample_prompts import sample_prompts
     from tagtune.train.sampling import TrainingSamples, sampling_planned
 
-    recipe = ws.recipe()
+    recipe = workspace_recipe(ws)
     cfg = recipe.train
     wanted = plan_stages(recipe, stage)
     prompts = sample_prompts(ws, cfg) if sampling_planned(cfg) else []  # a bad file stops here

@@ -7,7 +7,7 @@ A state folder `states/step-<N>/` holds
   schedule step, grad scaler, numpy and python RNG of every process),
 - under DeepSpeed ZeRO-2, `zero-rank-<r>.safetensors` + `.json` per process (its fp32 shard
   and optimizer state) instead of the optimizer files,
-- `COMPLETE`, written last by `tagtune.atomic.atomic_dir`; a folder without it is ignored.
+- `COMPLETE`, written last by `tagtune.core.atomic.atomic_dir`; a folder without it is ignored.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tagtune.atomic import atomic_dir
-from tagtune.errors import TrainingError
-from tagtune.stale_temps import (
+from tagtune.core.atomic import atomic_dir
+from tagtune.core.errors import TrainingError
+from tagtune.core.stale_temps import (
     UNKNOWN_OWNER_STALE_S,
     Freed,
     clean_stale_temps_in,

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from tagtune.conditioning import CHUNK
-from tagtune.recipe import StageConfig
+from tagtune.models.conditioning import CHUNK
+from tagtune.recipe.model import StageConfig
 from tagtune.train.loss import encode_captions
 
 TOKENS_PER_CHUNK = CHUNK + 2

@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from tagtune.catalog import check_subset, open_catalog, subset_where
-from tagtune.errors import TrainingError
-from tagtune.recipe import Recipe
-from tagtune.recipe_validation import ValidationConfig
+from tagtune.core.catalog import check_subset, open_catalog, subset_where
+from tagtune.core.errors import TrainingError
+from tagtune.recipe.model import Recipe
+from tagtune.recipe.validation import ValidationConfig
 from tagtune.train.data import keyed_generator
 from tagtune.train.loss import diffusion_loss, training_scheduler
 from tagtune.train.runtime import Runtime

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tagtune.errors import DependencyError, TrainingError
-from tagtune.recipe import StageConfig
+from tagtune.core.errors import DependencyError, TrainingError
+from tagtune.recipe.model import StageConfig
 from tagtune.train.state import flatten_optimizer, unflatten_optimizer
 
 SUPPORTED_ZERO_STAGE = 2
