@@ -9,10 +9,10 @@ generation on the GPU).
 
 The real-size step has random weights built from the SDXL 1.0 configs in
 src/tagtune/configs/sdxl-base, a batch of 4 latents of 1024x1024 images, 225-token captions,
-and runs through the loop's own functions (encoder, forward_backward, optimizer_step with
-stochastic rounding). Peak memory is `torch.cuda.max_memory_allocated` from the first step on,
-compared with the estimate less its overhead term (the CUDA context, which torch's allocator
-does not count). Without a CUDA device (and without --cpu) it says so and exits 0.
+and runs through the loop's own pieces (encoder, forward_loss, the plain engine's backward and
+step with stochastic rounding). Peak memory is `torch.cuda.max_memory_allocated` from the
+first step on, compared with the estimate less its overhead term (the CUDA context, which
+torch's allocator does not count). Without a CUDA device (and without --cpu) it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -55,16 +55,11 @@ def real_size_step(stage_name: str, steps: int) -> bool:
     from tagtune.recipe.model import Recipe
     from tagtune.synthetic.runs import InMemoryLatents
     from tagtune.train.data import Example
-    from tagtune.train.loop import (
-        StageJob,
-        enable_gradient_checkpointing,
-        forward_backward,
-        optimizer_step,
-    )
+    from tagtune.train.engines import open_engine
+    from tagtune.train.loop import StageJob, enable_gradient_checkpointing, forward_loss
     from tagtune.train.loss import training_scheduler
     from tagtune.train.memory import estimate_memory
-    from tagtune.train.optim import build_optimizer, trainable_modules
-    from tagtune.train.rounding import RoundedSteps
+    from tagtune.train.optim import trainable_modules
     from tagtune.train.runtime import make_runtime
     from tagtune.train.te_cache import Encoder
 
@@ -82,9 +77,7 @@ def real_size_step(stage_name: str, steps: int) -> bool:
                                      ("unet", "text_encoder", "text_encoder_2")}, stage)  # fmt: skip
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(trained)
-        optimizer = build_optimizer(trained, stage, rt.device)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        rounding = RoundedSteps(optimizer, cfg.seed, 0) if cfg.weight_dtype == "bf16" else None
+        engine = open_engine(trained, stage, cfg, rt, 0)  # bf16 weights: stochastic rounding
         latents = InMemoryLatents(dict.fromkeys(range(1, stage.batch_size + 1), (1024, 1024)))
         caption = ", ".join(CAPTION_TAGS * 9)  # about 200 tokens: three 75-token chunks
         examples = [Example(r.post_id, caption, tuple(CAPTION_TAGS * 9), r.bucket, r)
@@ -98,11 +91,11 @@ def real_size_step(stage_name: str, steps: int) -> bool:
             seconds = []
             for step in range(steps):
                 t0 = time.perf_counter()
-                if rounding is not None:
-                    rounding.step_number = step
+                engine.begin_step(step, 1.0)
                 batch = list(range(len(examples)))
-                forward_backward(job, encoder, scheduler, batch, (cfg.seed, 0, step, 0), 1, None)
-                optimizer_step(optimizer, params, None, stage.max_grad_norm, rounding)
+                key = (cfg.seed, 0, step, 0)
+                engine.backward(forward_loss(job, encoder, scheduler, batch, key, 1), True)
+                engine.step()
                 torch.cuda.synchronize()
                 seconds.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() / GIB

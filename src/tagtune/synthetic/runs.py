@@ -5,12 +5,14 @@ writes a workspace whose catalog holds posts and captions with harmless tags;
 `make_theme_workspace` one of two image themes named by their caption, with a real latent cache
 (the learning test's collection). Run
 `python -m tagtune.synthetic.runs WS [--resume] [--stage NAME]` to train the tiny model on
-such a workspace (what the SIGKILL and 2-process tests launch).
+such a workspace (what the SIGKILL and 2-process tests launch; `TAGTUNE_KILL_AT_STEP=N` kills
+it with SIGKILL once step N is done).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from tagtune.models.tiny import build_tiny_sdxl
+    from tagtune.train.runtime import kill_switch
     from tagtune.train.stages import run_training
 
     ws = open_workspace(args.workspace)
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         components=components,
         latents=latents_for(ws),
         progress=False,
+        after_step=kill_switch(int(os.environ.get("TAGTUNE_KILL_AT_STEP", "0"))),
     )
     if args.dump_weights:
         import torch.distributed as dist

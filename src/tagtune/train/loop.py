@@ -5,15 +5,18 @@ stochastic rounding of bf16 weights from (seed, stage, step, chunk), and the dat
 (seed, stage, epoch), so a resumed run repeats exactly what the uninterrupted run would have
 done. Validation draws from its own keyed generators (`tagtune.train.validation`), so
 evaluating changes nothing a step sees.
+
+How the weights are updated (one process, several with DDP, Adafactor fused into backward,
+DeepSpeed ZeRO-2; fp16 loss scaling; stochastic rounding of bf16 weights) is the engine's
+business (`tagtune.train.engines`): the loop reads the same for each.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +34,14 @@ from tagtune.train.data import (
     steps_per_epoch,
 )
 from tagtune.train.ema import WeightEMA, ema_applied
+from tagtune.train.engines import Engine, open_engine
 from tagtune.train.loss import diffusion_loss, training_scheduler
 from tagtune.train.monitor import Monitor
-from tagtune.train.optim import (
-    TRAINABLE,
-    attach_fused_step,
-    build_optimizer,
-    lr_factor,
-    set_lr,
-    trainable_modules,
-    warmup_steps,
-)
-from tagtune.train.rounding import LOW_PRECISION, RoundedSteps
+from tagtune.train.optim import TRAINABLE, lr_factor, trainable_modules, warmup_steps
 from tagtune.train.runtime import Runtime
-from tagtune.train.state import load_state, prune_states, rng_snapshot, save_state, state_meta
+from tagtune.train.state import prune_states, rng_snapshot, save_state
 from tagtune.train.te_cache import Encoder
 from tagtune.train.validation import Validator
-from tagtune.train.zero import ZeroEngine, check_zero_state, start_engine
 
 
 @dataclass
@@ -69,7 +63,7 @@ class StageJob:
     on_state_saved: Callable[[int], None] | None = None
     validation: Validator | None = None
     on_validation: Callable[[dict[str, Any]], None] | None = None
-    on_step_end: Callable[[int], None] | None = None
+    after_step: Callable[[int], None] | None = None
     ema: WeightEMA | None = None
     prediction_type: str = "epsilon"
     notes: list[str] = field(default_factory=list)
@@ -85,52 +79,47 @@ class StageResult:
 
 
 def train_stage(job: StageJob) -> StageResult:
-    """Train one stage to its last epoch (or from a resumable state), writing states as it goes."""
-    rt, stage, cfg = job.runtime, job.stage, job.train
+    """Train one stage to its last epoch (or from a resumable state), writing states as it goes.
+
+    However the stage ends, also when it raises, the engine is closed (hooks removed, fp32
+    master weights back in the modules), the monitor closed, and the trained modules are
+    frozen and in eval mode again.
+    """
     monitor = job.monitor or Monitor(None, enabled=False)
-    # Setup: modules with lr 0 are frozen and left out; each trained module is its own group
-    modules = {n: getattr(job.components, n) for n in TRAINABLE}
-    trained = trainable_modules(modules, stage)
-    if not trained:
-        raise TrainingError(f"stage {stage.name!r}: every learning rate is 0, nothing to train")
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(trained)
-    optimizer = build_optimizer(trained, stage, rt.device)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    fused = fused_backward(cfg, stage, rt)
-    # bf16 weights (outside ZeRO, which steps fp32 master weights) are stepped in fp32 and
-    # rounded stochastically, so updates far below a bf16 ulp still move them
-    low = not rt.deepspeed and any(p.dtype in LOW_PRECISION for p in params)
-    rounding = RoundedSteps(optimizer, cfg.seed, job.stage_index) if low else None
-    # Under a DeepSpeed launch, a ZeRO-2 engine shards gradients and optimizer state
-    zero = (
-        start_engine(trained, optimizer, stage, cfg.mixed_precision, rt) if rt.deepspeed else None
-    )
-    scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
+    # Modules with lr 0 are frozen and left out; each trained module is its own group
+    trained = trainable_modules({n: getattr(job.components, n) for n in TRAINABLE}, job.stage)
+    try:
+        if not trained:
+            raise TrainingError(
+                f"stage {job.stage.name!r}: every learning rate is 0, nothing to train"
+            )
+        if job.train.gradient_checkpointing:
+            enable_gradient_checkpointing(trained)
+        with open_engine(trained, job.stage, job.train, job.runtime, job.stage_index) as engine:
+            return run_steps(job, engine, monitor)
+    finally:
+        monitor.close()
+        for module in trained.values():
+            module.requires_grad_(False).eval()
+
+
+def run_steps(job: StageJob, engine: Engine, monitor: Monitor) -> StageResult:
+    """The stage's epochs and steps, from step 0 or the resumed state; `engine` updates."""
+    rt, stage, cfg = job.runtime, job.stage, job.train
     noise_scheduler = training_scheduler(job.components.scheduler_config, job.prediction_type)
     encoder = Encoder(job.components, stage, job.encode_fn)
     per_epoch = steps_per_epoch(job.examples, stage, rt.world_size)
     total = per_epoch * stage.epochs
     warmup = warmup_steps(stage, total)
-    kill_at = int(os.environ.get("TAGTUNE_KILL_AT_STEP", "0"))
     # Start at step 0, or where the resumed state left off (weights, optimizer, RNG, scaler)
     step, saved, final_loss, epoch_loss = 0, -1, None, []
     if job.resume_from is not None:
-        zero_world = rt.world_size if zero is not None else None
-        check_zero_state(state_meta(job.resume_from), zero_world, job.resume_from)
-        meta = load_state(
-            job.resume_from, trained, None if zero else (rounding or optimizer), rt.rank
-        )
+        meta = engine.load(job.resume_from)
         check_resumable(meta, per_epoch, job.resume_from, job.stage, cfg.seed)
-        if zero is not None:
-            zero.load_shard(job.resume_from, rt.rank)
         step, saved, final_loss = meta["step"], meta["step"], meta["final_loss"]
         epoch_loss = list(meta["epoch_losses"])
-        if scaler is not None and meta.get("scaler"):
-            scaler.load_state_dict(meta["scaler"])
     if job.ema is not None:  # averages from the weights now, or from the resumed state
-        job.ema.start(trained, job.resume_from, zero=zero is not None)
-    hooks = attach_fused_step(optimizer, stage.max_grad_norm, rounding) if fused else []
+        job.ema.start(engine.trained, job.resume_from, zero=engine.zero_world_size is not None)
     monitor.start(stage.name, total, step)
     # Validation loss and conditioning gap before the first step (not again on resume)
     validated = validate(job, encoder, monitor, step, per_epoch) if step == 0 else -1
@@ -142,66 +131,61 @@ def train_stage(job: StageJob) -> StageResult:
         steps = group_steps(batches, stage.gradient_accumulation)
         for i in range(step - epoch * per_epoch, per_epoch):
             # Learning rate of this step, from the closed-form schedule
-            lrs = set_lr(
-                optimizer, lr_factor(stage.scheduler, step, total, warmup, stage.scheduler_cycles)
-            )
-            if rounding is not None:  # keys this step's rounding bits
-                rounding.step_number = step
-            # Forward and backward per micro-batch; losses are sums over the global batch
+            factor = lr_factor(stage.scheduler, step, total, warmup, stage.scheduler_cycles)
+            lrs = engine.begin_step(step, factor)
+            # Forward and backward per micro-batch; each loss is this process's share of the
+            # step's mean, summed over processes so that all stop on a NaN/inf loss, before
+            # a backward pass could touch the weights
             loss = 0.0
             for m, batch in enumerate(steps[i]):
+                last = m == len(steps[i]) - 1
                 key = (cfg.seed, job.stage_index, step, m)
-                loss += forward_backward(
-                    job, encoder, noise_scheduler, batch, key, len(steps[i]), scaler, fused, zero
+                compute = partial(
+                    forward_loss, job, encoder, noise_scheduler, batch, key, len(steps[i])
                 )
-            # Sum gradients over processes; a NaN/inf loss stops before touching the weights
-            loss = rt.sum_loss(loss) if zero else rt.sum_gradients(params, loss)
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"loss is {loss} at step {step + 1} of stage {stage.name!r}; the last good "
-                    f"state is kept", field="loss", value=loss,
-                )  # fmt: skip
-            # Clip, step, clear (a fused backward pass has stepped every parameter already)
-            if zero is not None:
-                zero.step()
-            elif not fused:
-                optimizer_step(optimizer, params, scaler, stage.max_grad_norm, rounding)
+                micro_loss = engine.forward(compute, last)
+                value = rt.sum_loss(float(micro_loss.detach()))
+                check_finite(value, step + 1, stage)
+                engine.backward(micro_loss, last)
+                loss += value
+            # Clip, step, clear (nothing left to do where backward stepped)
+            engine.step()
             step += 1
             if job.ema is not None:
                 job.ema.update(step)
             epoch_loss.append(loss)
             monitor.step(step, epoch + 1, loss, lrs, sum(len(b) for b in steps[i]))
-            if step == kill_at:  # crash test hook: die like a power cut would
-                os.kill(os.getpid(), signal.SIGKILL)
-            if job.on_step_end is not None and rt.is_main:  # samples every N steps
-                job.on_step_end(step)
+            if job.after_step is not None:  # e.g. the crash drills' kill switch
+                job.after_step(step)
             if job.validation is not None and job.validation.due_at_step(step):
                 validated = validate(job, encoder, monitor, step, per_epoch)
             # Resumable state every N steps
             if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0:
                 losses = {"final_loss": final_loss, "epoch_losses": epoch_loss}
-                saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses, zero)
+                saved = checkpoint(job, engine, step, per_epoch, losses)
         # End of epoch: validation (before the state, so a resume never skips one), resumable
         # state, samples and optional export
         final_loss = sum(epoch_loss) / len(epoch_loss) if epoch_loss else final_loss
         epoch_loss = []
-        last = epoch + 1 == stage.epochs
+        last_epoch = epoch + 1 == stage.epochs
         due = job.validation is not None and job.validation.due_at_epoch(epoch + 1, stage.epochs)
         if due and validated != step:
             validated = validate(job, encoder, monitor, step, per_epoch)
-        if saved != step and ((epoch + 1) % cfg.save_every_n_epochs == 0 or last):
+        if saved != step and ((epoch + 1) % cfg.save_every_n_epochs == 0 or last_epoch):
             losses = {"final_loss": final_loss, "epoch_losses": []}
-            saved = checkpoint(job, trained, optimizer, scaler, step, per_epoch, losses, zero)
+            saved = checkpoint(job, engine, step, per_epoch, losses)
         if job.on_epoch_end is not None and rt.is_main:
             job.on_epoch_end(epoch + 1, step)
-    monitor.close()
-    for h in hooks:
-        h.remove()
-    if zero is not None:  # the fp32 master weights go back into the modules
-        zero.finish()
-    for m in trained.values():
-        m.requires_grad_(False).eval()
     return StageResult(step, final_loss, job.stage_dir / "states" / f"step-{step}")
+
+
+def check_finite(loss: float, step: int, stage: StageConfig) -> None:
+    """A NaN or inf loss stops the stage (a TrainingError) before it reaches the weights."""
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"loss is {loss} at step {step} of stage {stage.name!r}; the last good state is kept",
+            field="loss", value=loss,
+        )  # fmt: skip
 
 
 def validate(job: StageJob, encoder: Encoder, monitor: Monitor, step: int, per_epoch: int) -> int:
@@ -217,30 +201,25 @@ def validate(job: StageJob, encoder: Encoder, monitor: Monitor, step: int, per_e
     return step
 
 
-def forward_backward(
+def forward_loss(
     job: StageJob,
     encoder: Encoder,
     noise_scheduler: Any,
     batch: list[int],
     key: tuple[int, int, int, int],
     micro_batches: int,
-    scaler: Any,
-    fused: bool = False,
-    zero: ZeroEngine | None = None,
-) -> float:
-    """Loss of this process's share of one global batch, backpropagated; returns its value.
+) -> torch.Tensor:
+    """Loss of this process's share of one global batch (a scalar tensor, not yet backward).
 
     The loss is sum(per-sample loss) / (global batch size x micro-batches), so summing over
-    processes and micro-batches gives the mean over the optimizer step's samples.
+    processes and micro-batches gives the mean over the optimizer step's samples. A process
+    whose share is empty (a small last batch) computes a zero-weight loss of one image: its
+    backward pass still joins the gradient reduction the other processes run.
     """
     rt = job.runtime
     offset, share = rank_share(batch, rt.rank, rt.world_size)
     weight = 1.0
     if not share:
-        if zero is None:
-            return 0.0
-        # ZeRO reduces gradients during backward, so every process must run one: a share
-        # of zero weight keeps this process in step with the others
         offset, share, weight = 0, batch[:1], 0.0
     items = [job.examples[i] for i in share]
     records = [e.record for e in items]
@@ -261,70 +240,22 @@ def forward_backward(
             time_ids,
             job.stage.min_snr_gamma,
         )
-    loss = per_sample.sum() * weight / (len(batch) * micro_batches)
-    value = float(loss.detach())
-    if fused and not math.isfinite(value):  # backward would step the weights: stop first
-        raise TrainingError(
-            f"loss is {value} at step {key[2] + 1} of stage {job.stage.name!r}; the last "
-            "good state is kept", field="loss", value=value,
-        )  # fmt: skip
-    if zero is not None:
-        zero.backward(loss, last_micro_batch=key[3] == micro_batches - 1)
-    else:
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-    return value
-
-
-def optimizer_step(
-    optimizer: torch.optim.Optimizer,
-    params: list[Any],
-    scaler: Any,
-    max_grad_norm: float,
-    rounding: RoundedSteps | None = None,
-) -> None:
-    """Unscale (fp16), clip the global gradient norm, step, and clear the gradients.
-
-    With bf16 weights `rounding` takes the step (in fp32, rounded stochastically).
-    """
-    stepper: Any = rounding if rounding is not None else optimizer
-    if scaler is not None:
-        scaler.unscale_(stepper)
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if scaler is not None:
-        scaler.step(stepper)
-        scaler.update()
-    else:
-        stepper.step()
-    optimizer.zero_grad(set_to_none=True)
+    return per_sample.sum() * weight / (len(batch) * micro_batches)
 
 
 def checkpoint(
-    job: StageJob,
-    trained: dict[str, torch.nn.Module],
-    optimizer: torch.optim.Optimizer,
-    scaler: Any,
-    step: int,
-    per_epoch: int,
-    losses: dict[str, Any],
-    zero: ZeroEngine | None = None,
+    job: StageJob, engine: Engine, step: int, per_epoch: int, losses: dict[str, Any]
 ) -> int:
     """Write a resumable state at `step` (main process), prune old ones, and wait for all.
 
-    Under ZeRO-2 every process first writes its shard beside the state, and the weights are
-    the whole fp32 master weights gathered from the shards.
+    The engine says what the state holds: under ZeRO-2 every process first writes its shard
+    beside the state, and the weights are the whole fp32 master weights gathered from them.
     """
     rt = job.runtime
     rngs = rt.gather(rng_snapshot())
     states = job.stage_dir / "states"
-    shards = states / f".step-{step}.shards"
-    weights: dict[str, Any] = trained
-    if zero is not None:
-        weights = zero.full_weights(keep=rt.is_main)
-        zero.save_shard(shards, rt.rank)
-        rt.barrier()
-    if job.ema is not None:
-        weights = {**weights, **job.ema.state_tensors()}
+    parts = engine.state(states / f".step-{step}.shards")
+    ema = job.ema.state_tensors() if job.ema is not None else {}
     if rt.is_main:
         meta = {
             "stage": job.stage.name,
@@ -334,16 +265,15 @@ def checkpoint(
             "batch_in_epoch": step % per_epoch,
             "steps_per_epoch": per_epoch,
             "world_size": rt.world_size,
-            "zero_world_size": rt.world_size if zero is not None else None,
             "seed": job.train.seed,
             "settings": job.stage.model_dump(mode="json"),
             **losses,
-            "scaler": scaler.state_dict() if scaler is not None else None,
+            **parts.meta,
             "ema": job.ema.meta() if job.ema is not None else None,
         }
         path = save_state(
-            states, step, weights, None if zero else optimizer, meta, rngs,
-            shards=shards if zero is not None else None,
+            states, step, {**parts.weights, **ema}, parts.optimizer, meta, rngs,
+            shards=parts.shards,
         )  # fmt: skip
         prune_states(states, job.train.keep_last, protect=path)
     rt.barrier()
@@ -371,28 +301,6 @@ def check_resumable(
             f"stage {stage.name!r} changed since the state was written: {', '.join(changed)}",
             file=path, hint="restore the settings, or remove the stage folder to start over",
         )  # fmt: skip
-
-
-def fused_backward(cfg: TrainConfig, stage: StageConfig, rt: Runtime) -> bool:
-    """Whether to step inside the backward pass; a TrainingError where that cannot work."""
-    if not cfg.fused_backward:
-        return False
-    problems = [
-        f"optimizer = {stage.optimizer!r}" if stage.optimizer != "adafactor" else "",
-        f"gradient_accumulation = {stage.gradient_accumulation}"
-        if stage.gradient_accumulation > 1
-        else "",
-        f"{rt.world_size} processes" if rt.world_size > 1 else "",
-        "DeepSpeed" if rt.deepspeed else "",
-        "mixed_precision = 'fp16'" if cfg.mixed_precision == "fp16" else "",
-    ]
-    if any(problems):
-        raise TrainingError(
-            f"fused_backward needs adafactor, gradient_accumulation 1, one process without "
-            f"DeepSpeed and no fp16 loss scaling, but stage {stage.name!r} has {', '.join(p for p in problems if p)}",
-            field="train.fused_backward", value=True,
-        )  # fmt: skip
-    return True
 
 
 def enable_gradient_checkpointing(trained: dict[str, torch.nn.Module]) -> None:

@@ -26,10 +26,7 @@ class Monitor:
         self.last = time.perf_counter()
         if not enabled:
             return
-        if log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir = log_dir  # TensorBoard's writer opens in `start`
         if progress:
             from rich.progress import (
                 BarColumn,
@@ -49,8 +46,18 @@ class Monitor:
             )
 
     def start(self, stage: str, total: int, done: int) -> None:
-        """Begin a stage of `total` steps, `done` of them already done (resume)."""
+        """Begin a stage of `total` steps, `done` of them already done (resume).
+
+        A resumed stage's log starts by purging what a killed run logged after step `done`
+        (TensorBoard drops earlier events from step `done + 1` on), so each step appears
+        once, with the values of the run that continued.
+        """
         self.last = time.perf_counter()
+        if self.enabled and self.log_dir is not None and self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = done + 1 if done else None
+            self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
         if self.bar is not None:
             self.bar.start()
             self.task = self.bar.add_task(stage, total=total, completed=done, info="")

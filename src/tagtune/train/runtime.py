@@ -1,25 +1,24 @@
 """Processes and devices: one process, or several under `accelerate launch` (DDP or ZeRO-2).
 
 accelerate's PartialState sets up the process group (NCCL on GPUs, gloo on CPUs) from the
-launcher's environment. The modules are not wrapped: after each optimizer step's backward
-passes, gradients are summed over processes here (every process's loss is already divided by
-the global batch), which is what DDP does, and keeps the modules plain for conditioning,
-sampling and saving. Under a DeepSpeed launch the process group is DeepSpeed's, and the
-engine of `tagtune.train.zero` reduces the gradients instead.
+launcher's environment. How gradients travel between processes is the training engine's
+business (`tagtune.train.engines`: DistributedDataParallel without DeepSpeed, ZeRO-2 under a
+DeepSpeed launch, whose process group is DeepSpeed's); the modules themselves stay plain for
+conditioning, sampling and saving.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from tagtune.core.errors import DependencyError
-
-BUCKET = 1 << 24  # elements per gradient all-reduce
 
 
 @dataclass
@@ -43,32 +42,6 @@ class Runtime:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
-
-    def sum_gradients(self, params: list[torch.nn.Parameter], loss: float) -> float:
-        """Sum gradients and the loss over processes (no-op for one process); return the loss.
-
-        Gradients go in buckets of about BUCKET elements, so the extra memory stays small.
-        """
-        if self.world_size == 1:
-            return loss
-        import torch.distributed as dist
-
-        bucket: list[torch.nn.Parameter] = []
-        size = 0
-        for i, p in enumerate(params):
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            bucket.append(p)
-            size += p.numel()
-            if size >= BUCKET or i == len(params) - 1:
-                flat = torch.cat([q.grad.reshape(-1) for q in bucket])
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-                offset = 0
-                for q in bucket:
-                    q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
-                    offset += q.numel()
-                bucket, size = [], 0
-        return self.sum_loss(loss)
 
     def sum_loss(self, loss: float) -> float:
         """The sum of `loss` over processes."""
@@ -96,6 +69,19 @@ class Runtime:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+
+def kill_switch(step: int) -> Callable[[int], None] | None:
+    """A `StageJob.after_step` callback that SIGKILLs this process once optimizer step `step`
+    is done, as a power cut would (None for step 0: never). The crash drills use it."""
+    if step <= 0:
+        return None
+
+    def kill_after(done: int) -> None:
+        if done == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill_after
 
 
 def make_runtime(mixed_precision: str) -> Runtime:

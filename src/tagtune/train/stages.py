@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from tagtune.train.data import Example, steps_per_epoch
 from tagtune.train.ema import WeightEMA
 from tagtune.train.monitor import Monitor
 from tagtune.train.optim import TRAINABLE, warmup_steps
-from tagtune.train.sample_prompts import sample_prompts
+from tagtune.train.sample_prompts import SamplePrompt, sample_prompts
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
 from tagtune.train.validation import (
     HeldOutImage,
@@ -91,9 +91,7 @@ def load_examples(
             f"JOIN posts ON posts.id = c.post_id WHERE {where} ORDER BY c.post_id"
         ).fetchall()
     captions = {pid: (cap, tags, groups) for pid, cap, tags, groups in rows if pid not in exclude}
-    protected = protected_texts(
-        stage, workspace_recipe(ws).caption
-    )  # never dropped (caption_draws)
+    protected = protected_texts(stage, workspace_recipe(ws).caption)  # never dropped
     records = latents.records(list(captions), include_flipped=flip)
     examples = []
     for r in records:
@@ -190,6 +188,34 @@ def plan_stages(recipe: Recipe, stage: str | None) -> list[int]:
     return [names.index(stage)]
 
 
+@dataclass
+class RunContext:
+    """What the stages of one `run_training` call share: model, runtime, run.json, summary."""
+
+    ws: Workspace
+    recipe: Recipe
+    runtime: Any
+    components: Any
+    vae: Any
+    record: dict[str, Any]
+    summary: TrainSummary
+    progress: bool = True
+    encode_fn: Any = None
+    after_step: Callable[[int], None] | None = None
+    held_out: list[HeldOutImage] | None = None  # chosen once, when the first stage runs
+    prompts: list[SamplePrompt] = field(default_factory=list)  # training samples, read once
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's folder (run.json, one folder per stage)."""
+        return self.summary.run_dir
+
+    def write_record(self) -> None:
+        """Write run.json (main process only)."""
+        if self.runtime.is_main:
+            rec.write_run(self.run_dir, self.record)
+
+
 def run_training(
     ws: Workspace,
     stage: str | None = None,
@@ -198,26 +224,70 @@ def run_training(
     latents: Any = None,
     progress: bool = True,
     encode_fn: Any = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> TrainSummary:
     """Run the pending stages of the workspace's recipe (or one), resuming when asked.
 
     `components` and `latents` default to the recipe's model (`load_recipe_model`: base with
     `model.vae` baked in) and the workspace's latent cache for that VAE; tests pass a tiny
     model and in-memory latents. run.json's `vae` names the VAE the latents come from.
+    `after_step(step)` runs after each optimizer step (the crash drills' kill switch).
     """
-    from tagtune.train.loop import StageJob, train_stage
-    from tagtune.train.runtime import make_runtime
-    from tagtune.train.sampling import TrainingSamples, sampling_planned
+    from tagtune.train.sampling import sampling_planned
 
     recipe = workspace_recipe(ws)
-    cfg = recipe.train
     wanted = plan_stages(recipe, stage)
-    prompts = sample_prompts(ws, cfg) if sampling_planned(cfg) else []  # a bad file stops here
-    known = rec.read_run(ws.runs_dir / cfg.run)
-    for st in cfg.stages[: wanted[-1] + 1]:  # before any slow work: a lost state is an error
+    check_completed_states(ws, recipe, wanted[-1])  # before any slow work
+    planned = sampling_planned(recipe.train)  # a bad prompt file stops here too
+    prompts = sample_prompts(ws, recipe.train) if planned else []
+    ctx = open_run(ws, recipe, components, progress, encode_fn, after_step)
+    ctx.prompts = prompts
+    for index, st in enumerate(recipe.train.stages[: wanted[-1] + 1]):
+        entry = rec.find_stage(ctx.record, st.name)
+        if entry and entry["status"] == "complete":
+            apply_stage_weights(ctx.components, final_state_path(ws, entry))
+            ctx.summary.skipped.append(st.name)
+            if index in wanted and stage is not None:
+                ctx.summary.notes.append(f"stage {st.name!r} is already complete")
+            continue
+        if index not in wanted:
+            raise TrainingError(
+                f"stage {stage!r} starts from stage {st.name!r}, which is not complete",
+                hint=f"run `tagtune train {ws.root} --stage {st.name}` first",
+            )
+        resume_from = resume_point(ctx, st, resume)
+        latents = latents if latents is not None else open_latents(ws, ctx.vae.fingerprint)
+        examples = stage_examples(ctx, st, latents)
+        entry = record_stage_start(ctx, st, examples, latents, entry, resume_from)
+        samples = stage_samples(ctx, st, resume_from)
+        job = stage_job(ctx, st, index, examples, latents, resume_from, entry, samples)
+        result = train_recorded(ctx, job, entry)
+        record_stage_end(ctx, entry, result)
+    return ctx.summary
+
+
+def check_completed_states(ws: Workspace, recipe: Recipe, last: int) -> None:
+    """Every stage up to index `last` that run.json calls complete still has its final state
+    (`final_state_path`), checked before the model loads: a lost state is an error."""
+    known = rec.read_run(ws.runs_dir / recipe.train.run)
+    for st in recipe.train.stages[: last + 1]:
         entry = rec.find_stage(known, st.name) if known else None
         if entry and entry["status"] == "complete":
             final_state_path(ws, entry)
+
+
+def open_run(
+    ws: Workspace,
+    recipe: Recipe,
+    components: Any,
+    progress: bool,
+    encode_fn: Any,
+    after_step: Callable[[int], None] | None,
+) -> RunContext:
+    """Start the processes' runtime, load and place the model, and read (or start) run.json."""
+    from tagtune.train.runtime import make_runtime
+
+    cfg = recipe.train
     runtime = make_runtime(cfg.mixed_precision)
     components = components if components is not None else load_base(ws, recipe)
     vae = vae_source_of(components)  # fingerprinted before anything moves or is cast
@@ -227,126 +297,184 @@ def run_training(
         cfg.run, recipe, base_model_info(ws, recipe, components), vae.to_json()
     )
     record["vae"] = vae.to_json()  # the recipe's VAE now, also in a record from before
-    order = [s.name for s in cfg.stages]
     summary = TrainSummary(run_dir)
-    held_out: list[HeldOutImage] | None = None  # chosen once, when the first stage runs
-    for index, st in enumerate(cfg.stages):
-        if index > wanted[-1]:
-            break
-        entry = rec.find_stage(record, st.name)
-        if entry and entry["status"] == "complete":
-            apply_stage_weights(components, final_state_path(ws, entry))
-            summary.skipped.append(st.name)
-            if index in wanted and stage is not None:
-                summary.notes.append(f"stage {st.name!r} is already complete")
-            continue
-        if index not in wanted:
-            raise TrainingError(
-                f"stage {stage!r} starts from stage {st.name!r}, which is not complete",
-                hint=f"run `tagtune train {ws.root} --stage {st.name}` first",
-            )
-        stage_dir = run_dir / st.name
-        if runtime.is_main:  # what a killed save left (never a live writer's folder)
-            clean_state_temps(stage_dir / "states")
-        resume_from, notes = latest_state(stage_dir / "states")
-        summary.notes += notes
-        if resume_from is not None and not resume:
-            raise TrainingError(
-                f"stage {st.name!r} has resumable states ({resume_from.name})",
-                file=stage_dir, hint="continue with --resume, or remove the folder to start over",
-            )  # fmt: skip
-        if resume_from is not None:
-            summary.notes.append(f"stage {st.name!r}: resuming from {resume_from.name}")
-        elif resume:
-            summary.notes.append(f"stage {st.name!r}: no resumable state, starting at step 0")
-        latents = latents if latents is not None else open_latents(ws, vae.fingerprint)
-        if held_out is None:
-            held_out = choose_held_out(ws, recipe, latents)
-            summary.notes += held_out_notes(recipe.validation, held_out)
-        held_ids = {h.post_id for h in held_out}
-        examples, missing = load_examples(ws, st, latents, recipe.buckets.flip, held_ids)
-        if missing:
-            summary.notes.append(
-                f"stage {st.name!r}: {missing} captioned posts have no cached latent"
-            )
-        if not examples:
-            raise TrainingError(
-                f"stage {st.name!r}: no training images (subset {st.subset!r}"
-                + (f", {len(held_ids)} held out for validation)" if held_ids else ")"),
-                hint="run `tagtune caption` and `tagtune prepare` first, or hold out fewer "
-                "images ([validation])",
-            )  # fmt: skip
-        per_epoch = steps_per_epoch(examples, st, runtime.world_size)
-        entry = {
-            **rec.stage_record(
-                st,
-                images=len({e.post_id for e in examples}),
-                steps_per_epoch=per_epoch,
-                warmup_steps=warmup_steps(st, per_epoch * st.epochs),
-                captions_sha256=captions_sha256(examples),
-                latents_vae=getattr(latents, "vae_hash", ""),
-            ),
-            **(
-                {k: entry[k] for k in rec.KEPT_ON_RESUME if k in entry}
-                if entry and resume_from
-                else {}
-            ),
-            "validation": stage_validation(
-                held_out, entry if resume_from else None,
-                state_meta(resume_from)["step"] if resume_from else None, stage_dir,
-            ),
-        }  # fmt: skip
-        entry["status"] = "running"
-        if resume_from is not None:
-            rec.add_resume(entry, state_meta(resume_from)["step"])
-        if runtime.is_main:
-            rec.put_stage(record, entry, order)
-            rec.write_run(run_dir, record)
-        ema = WeightEMA.for_stage(cfg, st)
-        samples = TrainingSamples(ws, recipe, components, st, stage_dir, prompts, ema,
-                                  record["base_model"].get("autov2", ""))  # fmt: skip
-        if resume_from is None and runtime.is_main:
-            samples.at_start()
-        start, before = time.perf_counter(), entry["seconds"]
+    return RunContext(
+        ws, recipe, runtime, components, vae, record, summary, progress, encode_fn, after_step
+    )
 
-        def state_saved(step: int, entry=entry, start=start, before=before) -> None:
-            # run.json counts the time up to each state, so a run killed and resumed from
-            # that state still reports the training time its weights took
-            entry["seconds"] = round(before + time.perf_counter() - start, 3)
-            rec.write_run(run_dir, record)
 
-        job = StageJob(
-            components=components, stage=st, stage_index=index, train=cfg, examples=examples,
-            latents=latents, stage_dir=stage_dir, runtime=runtime, resume_from=resume_from,
-            monitor=Monitor(stage_dir / "logs", enabled=runtime.is_main, progress=progress),
-            encode_fn=encode_fn, prediction_type=recipe.model.prediction_type,
-            on_epoch_end=samples.after_epoch, on_step_end=samples.after_step, ema=ema,
-            on_state_saved=state_saved,
-            validation=Validator(
-                held_out, recipe.validation, latents, runtime, recipe.model.prediction_type
-            ) if held_out else None,
-            on_validation=lambda ev, entry=entry: record_evaluation(run_dir, record, entry, ev),
+def resume_point(ctx: RunContext, st: StageConfig, resume: bool) -> Path | None:
+    """The stage's newest complete state to resume from (None: start at step 0).
+
+    Resumable states without `resume` are a TrainingError: they are never overwritten.
+    """
+    states = ctx.run_dir / st.name / "states"
+    if ctx.runtime.is_main:  # what a killed save left (never a live writer's folder)
+        clean_state_temps(states)
+    resume_from, notes = latest_state(states)
+    ctx.summary.notes += notes
+    if resume_from is not None and not resume:
+        raise TrainingError(
+            f"stage {st.name!r} has resumable states ({resume_from.name})",
+            file=states.parent, hint="continue with --resume, or remove the folder to start over",
         )  # fmt: skip
-        try:
-            result = train_stage(job)
-        except BaseException:
-            entry["status"] = "failed"  # seconds: up to the last state, where a resume starts
-            if runtime.is_main:
-                rec.write_run(run_dir, record)
-            raise
-        finally:
-            job.monitor.close()
-        entry.update(
-            status="complete",
-            finished_at=rec.now(),
-            seconds=round(before + time.perf_counter() - start, 3),
-            final_loss=result.final_loss,
-            final_state=result.final_state.relative_to(ws.root).as_posix(),
+    if resume_from is not None:
+        ctx.summary.notes.append(f"stage {st.name!r}: resuming from {resume_from.name}")
+    elif resume:
+        ctx.summary.notes.append(f"stage {st.name!r}: no resumable state, starting at step 0")
+    return resume_from
+
+
+def stage_examples(ctx: RunContext, st: StageConfig, latents: Any) -> list[Example]:
+    """The stage's training examples, the run's held-out images left out (chosen here once)."""
+    if ctx.held_out is None:
+        ctx.held_out = choose_held_out(ctx.ws, ctx.recipe, latents)
+        ctx.summary.notes += held_out_notes(ctx.recipe.validation, ctx.held_out)
+    held_ids = {h.post_id for h in ctx.held_out}
+    examples, missing = load_examples(ctx.ws, st, latents, ctx.recipe.buckets.flip, held_ids)
+    if missing:
+        ctx.summary.notes.append(
+            f"stage {st.name!r}: {missing} captioned posts have no cached latent"
         )
-        if runtime.is_main:
-            rec.write_run(run_dir, record)
-        summary.ran.append({k: entry[k] for k in SUMMARY_KEYS})
-    return summary
+    if not examples:
+        raise TrainingError(
+            f"stage {st.name!r}: no training images (subset {st.subset!r}"
+            + (f", {len(held_ids)} held out for validation)" if held_ids else ")"),
+            hint="run `tagtune caption` and `tagtune prepare` first, or hold out fewer "
+            "images ([validation])",
+        )  # fmt: skip
+    return examples
+
+
+def record_stage_start(
+    ctx: RunContext,
+    st: StageConfig,
+    examples: list[Example],
+    latents: Any,
+    before: dict[str, Any] | None,
+    resume_from: Path | None,
+) -> dict[str, Any]:
+    """The stage's run.json entry, marked running and written (a resume keeps what it had)."""
+    per_epoch = steps_per_epoch(examples, st, ctx.runtime.world_size)
+    resumed_step = state_meta(resume_from)["step"] if resume_from else None
+    entry = {
+        **rec.stage_record(
+            st,
+            images=len({e.post_id for e in examples}),
+            steps_per_epoch=per_epoch,
+            warmup_steps=warmup_steps(st, per_epoch * st.epochs),
+            captions_sha256=captions_sha256(examples),
+            latents_vae=getattr(latents, "vae_hash", ""),
+        ),
+        **(
+            {k: before[k] for k in rec.KEPT_ON_RESUME if k in before}
+            if before and resume_from
+            else {}
+        ),
+        "validation": stage_validation(
+            ctx.held_out, before if resume_from else None, resumed_step, ctx.run_dir / st.name
+        ),
+    }  # fmt: skip
+    entry["status"] = "running"
+    if resumed_step is not None:
+        rec.add_resume(entry, resumed_step)
+    if ctx.runtime.is_main:
+        rec.put_stage(ctx.record, entry, [s.name for s in ctx.recipe.train.stages])
+    ctx.write_record()
+    return entry
+
+
+def stage_samples(ctx: RunContext, st: StageConfig, resume_from: Path | None) -> Any:
+    """The stage's `TrainingSamples` (with its EMA, if on); samples the starting weights now
+    (`sample_at_start`) unless the stage resumes."""
+    from tagtune.train.sampling import TrainingSamples
+
+    samples = TrainingSamples(
+        ctx.ws, ctx.recipe, ctx.components, st, ctx.run_dir / st.name, ctx.prompts,
+        WeightEMA.for_stage(ctx.recipe.train, st), ctx.record["base_model"].get("autov2", ""),
+    )  # fmt: skip
+    if resume_from is None and ctx.runtime.is_main:
+        samples.at_start()
+    return samples
+
+
+def stage_job(
+    ctx: RunContext,
+    st: StageConfig,
+    index: int,
+    examples: list[Example],
+    latents: Any,
+    resume_from: Path | None,
+    entry: dict[str, Any],
+    samples: Any,
+) -> Any:
+    """The loop's `StageJob` for one stage: model, data, monitor and the run's callbacks."""
+    from tagtune.train.loop import StageJob
+
+    rt, recipe, stage_dir = ctx.runtime, ctx.recipe, ctx.run_dir / st.name
+    return StageJob(
+        components=ctx.components, stage=st, stage_index=index, train=recipe.train,
+        examples=examples, latents=latents, stage_dir=stage_dir, runtime=rt,
+        resume_from=resume_from,
+        monitor=Monitor(stage_dir / "logs", enabled=rt.is_main, progress=ctx.progress),
+        encode_fn=ctx.encode_fn, prediction_type=recipe.model.prediction_type,
+        on_epoch_end=samples.after_epoch, ema=samples.ema,
+        validation=Validator(
+            ctx.held_out, recipe.validation, latents, rt, recipe.model.prediction_type
+        ) if ctx.held_out else None,
+        on_validation=lambda ev: record_evaluation(ctx.run_dir, ctx.record, entry, ev),
+        after_step=each_step(samples.after_step if rt.is_main else None, ctx.after_step),
+    )  # fmt: skip
+
+
+def each_step(*callbacks: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """One `after_step` callback calling each given one in order (None: there are none)."""
+    given = [c for c in callbacks if c is not None]
+    if not given:
+        return None
+
+    def after_step(step: int) -> None:
+        for callback in given:
+            callback(step)
+
+    return after_step
+
+
+def train_recorded(ctx: RunContext, job: Any, entry: dict[str, Any]) -> Any:
+    """Train the stage; run.json counts its seconds at each state and marks a failure."""
+    from tagtune.train.loop import train_stage
+
+    start, before = time.perf_counter(), entry["seconds"]
+
+    def state_saved(step: int) -> None:
+        # run.json counts the time up to each state, so a run killed and resumed from
+        # that state still reports the training time its weights took
+        entry["seconds"] = round(before + time.perf_counter() - start, 3)
+        rec.write_run(ctx.run_dir, ctx.record)
+
+    job.on_state_saved = state_saved
+    try:
+        result = train_stage(job)
+    except BaseException:
+        entry["status"] = "failed"  # seconds: up to the last state, where a resume starts
+        ctx.write_record()
+        raise
+    finally:
+        job.monitor.close()
+    entry.update(seconds=round(before + time.perf_counter() - start, 3))
+    return result
+
+
+def record_stage_end(ctx: RunContext, entry: dict[str, Any], result: Any) -> None:
+    """Mark the stage complete in run.json (final loss and state) and in the summary."""
+    entry.update(
+        status="complete",
+        finished_at=rec.now(),
+        final_loss=result.final_loss,
+        final_state=result.final_state.relative_to(ctx.ws.root).as_posix(),
+    )
+    ctx.write_record()
+    ctx.summary.ran.append({k: entry[k] for k in SUMMARY_KEYS})
 
 
 def record_evaluation(
