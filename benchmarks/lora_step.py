@@ -60,9 +60,9 @@ def run_variant(method: str, n: int, rank: int, convs: bool) -> dict:
     """Train `n` steps of one variant in this process; its figures."""
     from tagtune.models.tiny import build_tiny_sdxl
     from tagtune.synthetic.runs import make_training_workspace, tiny_train_recipe
+    from tagtune.train.examples import load_examples
     from tagtune.train.loop import StageJob, train_stage
     from tagtune.train.runtime import make_runtime
-    from tagtune.train.stages import load_examples
 
     batch = 4
     lora = {"rank": rank, "targets": ["attention", "feed_forward", *(["convs"] * convs)]}

@@ -115,9 +115,9 @@ def main() -> None:
 
     from tagtune.models.tiny import build_tiny_sdxl
     from tagtune.synthetic.runs import InMemoryLatents, make_training_workspace, tiny_train_recipe
+    from tagtune.train.examples import load_examples
     from tagtune.train.loop import StageJob, train_stage
     from tagtune.train.runtime import make_runtime
-    from tagtune.train.stages import load_examples
 
     batch = 4
     n_images = batch * args.n

@@ -246,7 +246,7 @@ def test_dry_run_prints_steps_and_a_memory_estimate(tmp_path):
 
 
 def test_training_data_examples_follow_the_subset(tmp_path, tiny_sdxl):
-    from tagtune.train.stages import load_examples
+    from tagtune.train.examples import load_examples
 
     recipe = tiny_train_recipe()
     ws, lat = make_training_workspace(tmp_path / "ws", recipe, n=6, favorites=[1, 4])

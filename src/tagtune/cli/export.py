@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(
             False, "--force", help="Replace an existing output (never the base model)."
         ),
+        ema: bool = typer.Option(
+            False, "--ema", help="Export the stage's EMA weights (it trained with ema_decay)."
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Write a single-file SDXL checkpoint from a run's last completed stage.
@@ -39,13 +42,19 @@ def register(app: typer.Typer) -> None:
         from tagtune.train.export import export_model
 
         result = export_model(
-            open_workspace(workspace), run=run, stage=stage, out=out, dtype=dtype, force=force
-        )
+            open_workspace(workspace), run=run, stage=stage, out=out, dtype=dtype, force=force,
+            ema=ema,
+        )  # fmt: skip
         if json_out:
             print_json(result)
             return
         console.print(
-            Text.assemble("exported stage ", (result.stage, "bold"), f" to {result.path}")
+            Text.assemble(
+                "exported stage ",
+                (result.stage, "bold"),
+                " (EMA)" if ema else "",
+                f" to {result.path}",
+            )
         )
         for name, value in result.hashes.items():
             console.print(f"  {name}: {value}")

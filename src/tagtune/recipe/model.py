@@ -23,10 +23,9 @@ from tagtune.recipe.auto import AutoBool
 from tagtune.recipe.errors import recipe_error
 from tagtune.recipe.lora import LoraConfig, check_stage_method
 from tagtune.recipe.migrate import SCHEMA_VERSION, migrate
+from tagtune.recipe.train_extras import MAX_SIDE, EmaSettings, SampleSettings, StageDrawSettings
 from tagtune.recipe.validation import ValidationConfig
 
-MAX_SIDE = 4096
-"""Longest image side anything is made at (buckets, samples, `generate`): 16 megapixels."""
 MAX_RECIPE_BYTES = 4 * 1024 * 1024
 
 TagGroup = Literal[
@@ -239,7 +238,7 @@ class BucketConfig(Strict):
         return self
 
 
-class StageConfig(Strict):
+class StageFields(Strict):
     name: str
     """Stage name; its outputs go to runs/<run>/<name>/."""
     method: Literal["full", "lora"] = "full"
@@ -295,7 +294,7 @@ class StageConfig(Strict):
     """Caption tokens seen by the encoders, in 75-token chunks A1111-style."""
 
     @model_validator(mode="after")
-    def _rules(self) -> StageConfig:
+    def _rules(self) -> StageFields:
         check_stage_method(self.name, self.method, self.lora)
         if self.warmup_ratio and self.warmup_steps:
             raise ValueError(
@@ -319,6 +318,10 @@ class StageConfig(Strict):
     def trains_text_encoders(self) -> bool:
         """True when either text encoder has a non-zero learning rate."""
         return self.lr_text_encoder > 0 or self.lr_text_encoder_2 > 0
+
+
+class StageConfig(StageDrawSettings, StageFields):
+    """One `[[train.stages]]` table: its own fields, then EMA and caption-draw settings."""
 
 
 def reference_stages() -> list[StageConfig]:
@@ -356,7 +359,7 @@ def reference_stages() -> list[StageConfig]:
     ]
 
 
-class TrainConfig(Strict):
+class TrainFields(Strict):
     run: str = "run1"
     """Run name: outputs go to runs/<run>/."""
     seed: int = 42
@@ -382,30 +385,19 @@ class TrainConfig(Strict):
     """When a stage completes, keep only its final state ("final") or every kept state ("all")."""
     export_every_epoch: bool = False
     """Also export a single-file checkpoint with each epoch's state."""
-    sample_every_n_epochs: int = Field(default=0, ge=0)
-    """Sample images from sample_prompts every N epochs (0: off)."""
-    sample_prompts: list[str] = []
-    """Prompts sampled during training."""
-    sample_negative: str = "worst quality"
-    """Negative prompt for training samples."""
-    sample_steps: int = Field(default=28, ge=1)
-    """Sampler steps for training samples."""
-    sample_size: tuple[int, int] = Field(default=(1024, 1024), strict=False)
-    """Width and height of training samples."""
     stages: list[StageConfig] = Field(default_factory=reference_stages)
     """Stages in the order they run; each starts from the previous stage's weights."""
 
     @model_validator(mode="after")
-    def _unique_stages(self) -> TrainConfig:
+    def _unique_stages(self) -> TrainFields:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"train.stages: stage names must be unique, got {names}")
-        w, h = self.sample_size
-        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or w % 8 or h % 8:
-            raise ValueError(
-                f"train.sample_size: {w}x{h} is not two multiples of 8 from 8 to {MAX_SIDE}"
-            )
         return self
+
+
+class TrainConfig(SampleSettings, EmaSettings, TrainFields):
+    """The `[train]` table: run, precision, states and stages, then EMA and sample settings."""
 
 
 class ExportConfig(Strict):

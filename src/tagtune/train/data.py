@@ -20,19 +20,23 @@ from typing import Any, Protocol
 import torch
 
 from tagtune.recipe.model import StageConfig
+from tagtune.train.caption_draws import draw_tags
 
 
 @dataclass(frozen=True)
 class Example:
     """One training item: post, caption (and its tags in caption order), bucket (w, h), latent
-    handle, and how many times an epoch shows it (`repeats`: its folder's, sd-scripts' N_concept;
-    the stage's repeats multiply it)."""
+    handle, how many times an epoch shows it (`repeats`: its folder's, sd-scripts' N_concept;
+    the stage's repeats multiply it), the group of each tag and the tags dropout never drops
+    (`train.caption_draws`)."""
 
     post_id: int
     caption: str
     tags: tuple[str, ...]
     bucket: tuple[int, int]
     record: Any
+    groups: tuple[str, ...] = ()
+    protected: frozenset[str] = frozenset()
     repeats: int = 1
 
 
@@ -113,7 +117,8 @@ def rank_share(batch: list[int], rank: int, world_size: int) -> tuple[int, list[
 def transform_caption(
     ex: Example, stage: StageConfig, gen: torch.Generator, sep: str = ", "
 ) -> str:
-    """The caption used for one draw: caption dropout, then tag dropout and shuffle after keep_tokens.
+    """The caption used for one draw: caption dropout, then tag dropout and shuffle inside the
+    caption's movable tags (`tagtune.train.caption_draws`).
 
     Always draws the same number of values for the same settings, so draws stay in step.
     """
@@ -121,13 +126,7 @@ def transform_caption(
         return ""
     if not (stage.shuffle_captions or stage.tag_dropout) or not ex.tags:
         return ex.caption
-    keep, rest = list(ex.tags[: stage.keep_tokens]), list(ex.tags[stage.keep_tokens :])
-    if stage.tag_dropout:
-        draws = torch.rand(len(rest), generator=gen).tolist()
-        rest = [t for t, d in zip(rest, draws, strict=True) if d >= stage.tag_dropout]
-    if stage.shuffle_captions:
-        rest = [rest[i] for i in torch.randperm(len(rest), generator=gen).tolist()]
-    return sep.join(keep + rest)
+    return sep.join(draw_tags(ex.tags, ex.groups, ex.protected, stage, gen))
 
 
 @dataclass

@@ -22,6 +22,7 @@ from tagtune.models.recipe_model import resolve_prediction, vae_source_of
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
 from tagtune.train import stages  # looked up at call time: tests replace stages.load_base
+from tagtune.train.ema import apply_ema_weights, check_has_ema
 from tagtune.train.export_file import (
     export_components,
     model_inputs,
@@ -53,8 +54,13 @@ def export_model(
     dtype: str | None = None,
     components: Any = None,
     force: bool = False,
+    ema: bool = False,
 ) -> ExportResult:
     """Export the run's last completed stage (or `stage`) to `WS/out/<project.name>.safetensors`.
+
+    With `ema` the stage's modules hold its EMA averages instead of its final weights
+    (default file `<project.name>-ema.safetensors`); a stage trained without EMA is a
+    TrainingError.
 
     Every stage up to it must still have its final state (a TrainingError names the stage and
     the folder otherwise: never the base weights in their place). A LoRA stage exports as a
@@ -85,7 +91,9 @@ def export_model(
     states = {s["name"]: stages.final_state_path(ws, s) for s in done[: names.index(target) + 1]}
     entry = done[names.index(target)]
     lora = entry.get("settings", {}).get("method") == "lora"  # a kohya LoRA file instead
-    stem = recipe.project.name + ("-lora" if lora else "")
+    if ema:  # before any slow work
+        check_has_ema(states[target], target)
+    stem = recipe.project.name + ("-lora" if lora else "") + ("-ema" if ema else "")
     out = Path(out) if out else ws.out_dir / f"{stem}.safetensors"
     inputs = [
         *model_inputs(ws, recipe),
@@ -110,8 +118,11 @@ def export_model(
         "tagtune.training": json.dumps(training_summary(record)),
         "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),
     }
+    if ema:  # the target stage's averages replace its final weights
+        modules = apply_ema_weights(components, states[target], target)
+        extra["tagtune.ema"] = json.dumps({"stage": target, "modules": modules})
     path = export_components(components, out, recipe, dtype or recipe.export.dtype, extra)
-    extra_record: dict[str, Any] = {"vae": vae_source_of(components).to_json()}
+    extra_record: dict[str, Any] = {"vae": vae_source_of(components).to_json(), "ema": ema}
     prediction = components_prediction(components)
     if prediction.is_v:  # an epsilon record stays as it was
         extra_record["prediction"] = prediction.to_json()

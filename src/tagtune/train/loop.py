@@ -34,6 +34,7 @@ from tagtune.train.data import (
     sample_draws,
     steps_per_epoch,
 )
+from tagtune.train.ema import WeightEMA, ema_applied
 from tagtune.train.engines import Engine, open_engine
 from tagtune.train.lora import add_adapters, dropout_draws, merge_adapters
 from tagtune.train.loss import diffusion_loss, training_scheduler
@@ -65,6 +66,7 @@ class StageJob:
     validation: Validator | None = None
     on_validation: Callable[[dict[str, Any]], None] | None = None
     after_step: Callable[[int], None] | None = None
+    ema: WeightEMA | None = None
     prediction_type: str = "epsilon"
     notes: list[str] = field(default_factory=list)
 
@@ -122,6 +124,8 @@ def run_steps(job: StageJob, engine: Engine, monitor: Monitor) -> StageResult:
         check_resumable(meta, per_epoch, job.resume_from, job.stage, cfg.seed)
         step, saved, final_loss = meta["step"], meta["step"], meta["final_loss"]
         epoch_loss = list(meta["epoch_losses"])
+    if job.ema is not None:  # averages from the weights now, or from the resumed state
+        job.ema.start(engine.trained, job.resume_from, zero=engine.zero_world_size is not None)
     monitor.start(stage.name, total, step)
     # Validation loss and conditioning gap before the first step (not again on resume)
     validated = validate(job, encoder, monitor, step, per_epoch) if step == 0 else -1
@@ -153,6 +157,8 @@ def run_steps(job: StageJob, engine: Engine, monitor: Monitor) -> StageResult:
             # Clip, step, clear (nothing left to do where backward stepped)
             engine.step()
             step += 1
+            if job.ema is not None:
+                job.ema.update(step)
             epoch_loss.append(loss)
             monitor.step(step, epoch + 1, loss, lrs, sum(len(b) for b in steps[i]))
             if job.after_step is not None:  # e.g. the crash drills' kill switch
@@ -193,7 +199,8 @@ def validate(job: StageJob, encoder: Encoder, monitor: Monitor, step: int, per_e
     if job.validation is None:
         return step
     epoch = round(step / per_epoch, 4)
-    evaluation = job.validation.evaluate(job.components, encoder, step, epoch)
+    with ema_applied(job.ema):  # the averaged weights, when EMA is on
+        evaluation = job.validation.evaluate(job.components, encoder, step, epoch)
     monitor.validation(evaluation)
     if job.on_validation is not None and job.runtime.is_main:
         job.on_validation(evaluation)
@@ -254,6 +261,7 @@ def checkpoint(
     rngs = rt.gather(rng_snapshot())
     states = job.stage_dir / "states"
     parts = engine.state(states / f".step-{step}.shards")
+    ema = job.ema.state_tensors() if job.ema is not None else {}
     if rt.is_main:
         meta = {
             "stage": job.stage.name,
@@ -267,10 +275,12 @@ def checkpoint(
             "settings": job.stage.model_dump(mode="json"),
             **losses,
             **parts.meta,
+            "ema": job.ema.meta() if job.ema is not None else None,
         }
         path = save_state(
-            states, step, parts.weights, parts.optimizer, meta, rngs, shards=parts.shards
-        )
+            states, step, {**parts.weights, **ema}, parts.optimizer, meta, rngs,
+            shards=parts.shards,
+        )  # fmt: skip
         prune_states(states, job.train.keep_last, protect=path)
     rt.barrier()
     if job.on_state_saved is not None and rt.is_main:

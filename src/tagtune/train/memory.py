@@ -26,6 +26,9 @@ from the configs in `tagtune/configs/sdxl-base`, not the model on disk). Its ter
   makes one temporary of the largest tensor.
 - peak: weights + optimizer + overhead + the larger of (gradients at the activation peak +
   activations) and (all gradients + step buffers).
+- ema: with `ema_decay` and `ema_device = "gpu"`, an fp32 average of every trained weight
+  (4 bytes each; none on the CPU). Sampling and validation with EMA keep the weights they
+  replace on the CPU, so they add nothing.
 - overhead: the CUDA context and library workspaces, outside torch's allocator (what
   `torch.cuda.max_memory_allocated` does not see).
 
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 
 from tagtune.recipe.lora import stage_lora
 from tagtune.recipe.model import StageConfig, TrainConfig
+from tagtune.train.ema import stage_decay
 from tagtune.train.lora_memory import largest_lora_tensor, lora_optimizer_bytes, lora_params
 
 GIB = 1024**3
@@ -69,17 +73,20 @@ class MemoryEstimate:
     overhead: float
     step_buffers: float = 0.0
     gradients_at_peak: float | None = None  # None: every gradient (a conservative peak)
+    ema: float = 0.0
 
     @property
     def total(self) -> float:
         """Peak: persistent parts plus the larger of the backward pass's and the step's peak."""
         at_peak = self.gradients if self.gradients_at_peak is None else self.gradients_at_peak
         transient = max(at_peak + self.activations, self.gradients + self.step_buffers)
-        return self.weights + self.optimizer + transient + self.overhead
+        return self.weights + self.optimizer + self.ema + transient + self.overhead
 
     def to_json(self) -> dict[str, float]:
         """Rounded figures for printing."""
-        parts = ("weights", "gradients", "optimizer", "activations", "step_buffers", "overhead")
+        parts = (
+            "weights", "gradients", "optimizer", "ema", "activations", "step_buffers", "overhead"
+        )  # fmt: skip
         out = {k: round(getattr(self, k), 2) for k in parts}
         if self.gradients_at_peak is not None:
             out["gradients_at_peak"] = round(self.gradients_at_peak, 2)
@@ -163,7 +170,15 @@ def estimate_memory(
         overhead=CUDA_CONTEXT_GIB,
         step_buffers=step / GIB,
         gradients_at_peak=at_peak * per_weight / GIB,
+        ema=ema_bytes(stage, cfg, trained) / GIB,
     )
+
+
+def ema_bytes(stage: StageConfig, cfg: TrainConfig, trained: list[str]) -> float:
+    """GPU bytes of the EMA: fp32 per trained weight when it is on and kept on the GPU."""
+    if not stage_decay(cfg, stage) or cfg.ema_device != "gpu":
+        return 0.0
+    return sum(PARAMS[m] for m in trained) * 4.0
 
 
 ZERO_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce_bucket_size

@@ -16,6 +16,7 @@ from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train.data import steps_per_epoch
 from tagtune.train.memory import estimate_memory, trained_parameters
 from tagtune.train.optim import warmup_steps
+from tagtune.train.sampling import sampling_planned
 
 
 def _only_cache(ws: Workspace) -> Any:
@@ -36,7 +37,7 @@ def dry_run(
     """Per stage: images, images shown per epoch (each image's folder repeats times the
     stage's `repeats`), steps per epoch, steps, warm-up, and the memory estimate (GiB)
     per GPU, for `world_size` processes (DDP, or DeepSpeed ZeRO-2 with `zero2`)."""
-    from tagtune.train.stages import load_examples
+    from tagtune.train.examples import load_examples
     from tagtune.train.validation import choose_held_out
 
     recipe = workspace_recipe(ws)
@@ -66,7 +67,7 @@ def dry_run(
             source = "captions (no latent cache: one bucket assumed)"
         total = per_epoch * st.epochs
         mem = estimate_memory(
-            st, recipe.train, sampling=bool(recipe.train.sample_every_n_epochs),
+            st, recipe.train, sampling=sampling_planned(recipe.train),
             zero_processes=world_size if zero2 else 0,
         )  # fmt: skip
         stages.append(

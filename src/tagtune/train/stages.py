@@ -7,21 +7,17 @@ The run's held-out images (`tagtune.train.validation`) are left out of every sta
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tagtune.core.catalog import check_subset, open_catalog
 from tagtune.core.errors import TrainingError
 from tagtune.core.results import Result
-from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
-from tagtune.ingest.verdicts import catalog_is_current
 from tagtune.models.hashes import file_hashes
 from tagtune.models.prediction import components_prediction
 from tagtune.models.recipe_model import resolve_prediction, vae_source_of
@@ -30,11 +26,14 @@ from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train import records as rec
 from tagtune.train.clean import prune_completed_stage
 from tagtune.train.data import Example, steps_per_epoch
+from tagtune.train.ema import WeightEMA
+from tagtune.train.examples import captions_sha256, load_examples
 from tagtune.train.interrupt import interrupted
 from tagtune.train.lora import apply_lora_state
 from tagtune.train.monitor import Monitor
 from tagtune.train.optim import TRAINABLE, warmup_steps
 from tagtune.train.prediction_record import record_prediction
+from tagtune.train.sample_prompts import SamplePrompt, sample_prompts
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
 from tagtune.train.validation import (
     HeldOutImage,
@@ -65,55 +64,6 @@ class TrainSummary(Result):
             "skipped": self.skipped,
             "notes": self.notes,
         }
-
-
-def load_examples(
-    ws: Workspace,
-    stage: StageConfig,
-    latents: Any,
-    flip: bool = False,
-    exclude: Collection[int] = (),
-):
-    """Examples of a stage's subset that have a caption and a cached latent; (examples, missing).
-
-    Each carries its post's repeats (a kohya-style folder's N; 1 for Danbooru posts).
-
-    Posts in `exclude` (the held-out images) are left out and not counted as missing.
-    """
-
-    with open_catalog(ws.catalog_path, read_only=True) as con:
-        if not catalog_is_current(con, workspace_recipe(ws)):
-            raise TrainingError(
-                "the recipe's safety lists or legacy_ratings changed since the catalog was judged",
-                file=ws.catalog_path,
-                hint="run `tagtune caption WS` (it re-judges the posts and rebuilds the captions)",
-            )
-        where = check_subset(
-            con, stage.subset, stage_field(workspace_recipe(ws).train.stages, stage)
-        )
-        rows = con.execute(
-            "SELECT c.post_id, c.caption, c.tags, coalesce(posts.repeats, 1) FROM captions c "
-            f"JOIN posts ON posts.id = c.post_id WHERE {where} ORDER BY c.post_id"
-        ).fetchall()
-    captions = {
-        pid: (cap, tuple(tags or ()), rep) for pid, cap, tags, rep in rows if pid not in exclude
-    }
-    records = latents.records(list(captions), include_flipped=flip)
-    examples = [
-        Example(r.post_id, captions[r.post_id][0], captions[r.post_id][1], tuple(r.bucket), r,
-                captions[r.post_id][2])
-        for r in records
-    ]  # fmt: skip
-    missing = len(set(captions) - {e.post_id for e in examples})
-    return examples, missing
-
-
-def captions_sha256(examples: list[Example]) -> str:
-    """sha256 of the stage's (post id, caption) lines: which captions this stage saw."""
-    h = hashlib.sha256()
-    for pid, cap in sorted({(e.post_id, e.caption) for e in examples}):
-        h.update(f"{pid}\t{cap}\n".encode())
-    return h.hexdigest()
 
 
 def base_model_info(ws: Workspace, recipe: Recipe, components: Any) -> dict[str, str]:
@@ -217,6 +167,7 @@ class RunContext:
     after_step: Callable[[int], None] | None = None
     held_out: list[HeldOutImage] | None = None  # chosen once, when the first stage runs
     only: str | None = None  # the stage asked for (`stage=`), for the resume command
+    prompts: list[SamplePrompt] = field(default_factory=list)  # training samples, read once
 
     @property
     def run_dir(self) -> Path:
@@ -246,11 +197,16 @@ def run_training(
     model and in-memory latents. run.json's `vae` names the VAE the latents come from.
     `after_step(step)` runs after each optimizer step (the crash drills' kill switch).
     """
+    from tagtune.train.sampling import sampling_planned
+
     recipe = workspace_recipe(ws)
     wanted = plan_stages(recipe, stage)
     check_completed_states(ws, recipe, wanted[-1])  # before any slow work
+    planned = sampling_planned(recipe.train)  # a bad prompt file stops here too
+    prompts = sample_prompts(ws, recipe.train) if planned else []
     ctx = open_run(ws, recipe, components, progress, encode_fn, after_step)
     ctx.only = stage
+    ctx.prompts = prompts
     for index, st in enumerate(recipe.train.stages[: wanted[-1] + 1]):
         entry = rec.find_stage(ctx.record, st.name)
         if entry and entry["status"] == "complete":
@@ -268,7 +224,8 @@ def run_training(
         latents = latents if latents is not None else open_latents(ws, ctx.vae.fingerprint)
         examples = stage_examples(ctx, st, latents)
         entry = record_stage_start(ctx, st, examples, latents, entry, resume_from)
-        job = stage_job(ctx, st, index, examples, latents, resume_from, entry)
+        samples = stage_samples(ctx, st, resume_from)
+        job = stage_job(ctx, st, index, examples, latents, resume_from, entry, samples)
         result = train_recorded(ctx, job, entry)
         record_stage_end(ctx, entry, result)
     return ctx.summary
@@ -394,6 +351,20 @@ def record_stage_start(
     return entry
 
 
+def stage_samples(ctx: RunContext, st: StageConfig, resume_from: Path | None) -> Any:
+    """The stage's `TrainingSamples` (with its EMA, if on); samples the starting weights now
+    (`sample_at_start`) unless the stage resumes."""
+    from tagtune.train.sampling import TrainingSamples
+
+    samples = TrainingSamples(
+        ctx.ws, ctx.recipe, ctx.components, st, ctx.run_dir / st.name, ctx.prompts,
+        WeightEMA.for_stage(ctx.recipe.train, st), ctx.record["base_model"].get("autov2", ""),
+    )  # fmt: skip
+    if resume_from is None and ctx.runtime.is_main:
+        samples.at_start()
+    return samples
+
+
 def stage_job(
     ctx: RunContext,
     st: StageConfig,
@@ -402,10 +373,10 @@ def stage_job(
     latents: Any,
     resume_from: Path | None,
     entry: dict[str, Any],
+    samples: Any,
 ) -> Any:
     """The loop's `StageJob` for one stage: model, data, monitor and the run's callbacks."""
     from tagtune.train.loop import StageJob
-    from tagtune.train.sampling import epoch_hook
 
     rt, recipe, stage_dir = ctx.runtime, ctx.recipe, ctx.run_dir / st.name
     prediction = components_prediction(ctx.components).prediction_type  # resolved in open_run
@@ -415,13 +386,26 @@ def stage_job(
         resume_from=resume_from,
         monitor=Monitor(stage_dir / "logs", enabled=rt.is_main, progress=ctx.progress),
         encode_fn=ctx.encode_fn, prediction_type=prediction,
-        on_epoch_end=epoch_hook(ctx.ws, recipe, ctx.components, st, stage_dir),
+        on_epoch_end=samples.after_epoch, ema=samples.ema,
         validation=Validator(
             ctx.held_out, recipe.validation, latents, rt, prediction
         ) if ctx.held_out else None,
         on_validation=lambda ev: record_evaluation(ctx.run_dir, ctx.record, entry, ev),
-        after_step=ctx.after_step,
+        after_step=each_step(samples.after_step if rt.is_main else None, ctx.after_step),
     )  # fmt: skip
+
+
+def each_step(*callbacks: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """One `after_step` callback calling each given one in order (None: there are none)."""
+    given = [c for c in callbacks if c is not None]
+    if not given:
+        return None
+
+    def after_step(step: int) -> None:
+        for callback in given:
+            callback(step)
+
+    return after_step
 
 
 def train_recorded(ctx: RunContext, job: Any, entry: dict[str, Any]) -> Any:
