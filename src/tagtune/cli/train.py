@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from tagtune.cli.common import console, print_json
+from tagtune.cli.common import console, err_console, error_line, print_json
 from tagtune.core.workspace import open_workspace
 
 
@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
                 print_json(result)
             else:
                 _print_plan(result)
+            _exit_on_problems(result["problems"])
             return
         from tagtune.train.stages import run_training
 
@@ -61,6 +62,19 @@ def register(app: typer.Typer) -> None:
         for note in summary.notes:
             console.print(Text(note, style="dim"))
         _print_summary(summary)
+
+
+def _exit_on_problems(problems: list[dict]) -> None:
+    """One line per problem on stderr (`warning:` or `error:`); exit 2 when any is an error."""
+    for p in problems:
+        where = [p["file"], f"stage {p['stage']!r}" if p["stage"] else "", p["key"]]
+        text = ": ".join([w for w in where if w] + [p["message"]])
+        if p["severity"] == "error":
+            err_console.print(error_line(text)[0], soft_wrap=True)
+        else:
+            err_console.print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
+    if any(p["severity"] == "error" for p in problems):
+        raise typer.Exit(2)
 
 
 def _print_plan(result: dict) -> None:
