@@ -11,16 +11,6 @@ from tagtune.cli.common import console, print_json
 from tagtune.core.errors import InputError
 from tagtune.generate.infotext import read_png_infotext
 
-DEFAULTS = {
-    "negative": "worst quality",
-    "steps": 28,
-    "cfg": 7.0,
-    "sampler": "euler_a",
-    "seed": None,
-    "size": "832x1216",
-    "clip_skip": 1,
-}
-
 
 def register(app: typer.Typer) -> None:
     """Add `generate` to the app."""
@@ -32,7 +22,9 @@ def register(app: typer.Typer) -> None:
         negative: str | None = typer.Option(
             None, "--negative", help='Negative prompt (default "worst quality").'
         ),
-        steps: int | None = typer.Option(None, "--steps", help="Sampler steps (default 28)."),
+        steps: int | None = typer.Option(
+            None, "--steps", help="Sampler steps (default: the recipe's sample_steps, else 28)."
+        ),
         cfg: float | None = typer.Option(None, "--cfg", help="CFG scale (default 7)."),
         sampler: str | None = typer.Option(
             None, "--sampler", help="euler_a, euler, dpmpp_2m, ... (default euler_a)."
@@ -41,7 +33,9 @@ def register(app: typer.Typer) -> None:
             None, "--seed", help="Seed of the first image (random if unset)."
         ),
         size: str | None = typer.Option(
-            None, "--size", help="WIDTHxHEIGHT, multiples of 8 up to 4096 (default 832x1216)."
+            None,
+            "--size",
+            help="WIDTHxHEIGHT, multiples of 8 up to 4096 (default: the model's or recipe's size).",
         ),
         n: int | None = typer.Option(
             None, "-n", help="Images, seeds seed, seed+1, ... (default 4; 1 with --from-png)."
@@ -49,7 +43,12 @@ def register(app: typer.Typer) -> None:
         clip_skip: int | None = typer.Option(
             None, "--clip-skip", help="A1111 numbering; 1 = SDXL default, at most 12."
         ),
-        out: Path = typer.Option(Path("outputs"), "--out", help="Folder for the PNGs."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Folder for the PNGs (default WS/out/generated or outputs/)."
+        ),
+        workspace: Path | None = typer.Option(
+            None, "--workspace", help="Take size, steps and negative from this workspace's recipe."
+        ),
         from_png: Path | None = typer.Option(
             None, "--from-png", help="Re-run the parameters of this image."
         ),
@@ -61,10 +60,13 @@ def register(app: typer.Typer) -> None:
         """Generate images; each PNG carries A1111 infotext (Model hash = AutoV2)."""
         from rich.progress import Progress
 
+        from tagtune.generate.defaults import generation_defaults
         from tagtune.generate.pipeline import generate as run_generate
         from tagtune.generate.pipeline import params_from_png
 
-        base = dict(DEFAULTS)
+        base = generation_defaults(ckpt, workspace)
+        out = out or base.pop("out_dir")
+        base.pop("out_dir", None)
         if from_png is not None:
             base.update(params_from_png(from_png))
         elif prompt is None:
@@ -82,13 +84,13 @@ def register(app: typer.Typer) -> None:
         n = n if n is not None else (1 if from_png is not None else 4)
         params = {**base, **{k: v for k, v in given.items() if v is not None}}
         with Progress(console=console, disable=as_json, transient=True) as bar:
-            task = bar.add_task("generating", total=n)
+            task = bar.add_task("sampler steps", total=None)
             paths = run_generate(
                 ckpt,
                 n=n,
                 out_dir=out,
                 tokenizers=tokenizers,
-                progress=lambda done, _total: bar.update(task, completed=done),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
                 **params,
             )
         if as_json:

@@ -145,10 +145,12 @@ def render(
     cfg: float,
     width: int,
     height: int,
+    on_step: Callable[[], None] | None = None,
 ) -> Any:
     """One image from `prompt_embeddings(...)`, its noise drawn from a CPU generator seeded
     with `seed` (so an image is re-made alone, on any device). Used by `generate` and by
-    the samples taken during training, so both condition prompts identically."""
+    the samples taken during training, so both condition prompts identically. `on_step()`
+    runs after each sampler step."""
     import torch
 
     cond, pooled, uncond, uncond_pooled = (t.to(pipe.device, pipe.unet.dtype) for t in embeddings)
@@ -164,7 +166,16 @@ def render(
             width=width,
             height=height,
             generator=generator,
+            callback_on_step_end=_step_callback(on_step) if on_step else None,
         ).images[0]
+
+
+def _step_callback(on_step: Callable[[], None]) -> Callable[..., dict]:
+    def callback(_pipe: Any, _step: int, _timestep: Any, kwargs: dict) -> dict:
+        on_step()
+        return kwargs
+
+    return callback
 
 
 def _next_index(out_dir: Path) -> int:
@@ -191,7 +202,8 @@ def generate(
     """Generate `n` images (seeds seed, seed+1, ...) and save PNGs carrying A1111 infotext.
 
     `model` is a checkpoint path (single file or diffusers folder), an SDXLComponents
-    (tests pass the tiny model) or a LoadedModel. Returns the written paths.
+    (tests pass the tiny model) or a LoadedModel. `progress(done, total)` counts sampler
+    steps (total = n x steps). Returns the written paths.
     """
     width, height = parse_size(size)
     if sampler not in SCHEDULERS:
@@ -213,14 +225,20 @@ def generate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = _next_index(out_dir)
-    paths = []
+    paths, total, done = [], n * steps, [0]
+
+    def step() -> None:
+        done[0] = min(done[0] + 1, total)
+        if progress:
+            progress(done[0], total)
+
     for i in range(n):
         image_seed = (seed + i) % (MAX_SEED + 1)
         target = out_dir / f"{first + i:05d}-{image_seed}.png"
         claim_output(
             target, inputs=[("the model", model if isinstance(model, str | Path) else None)]
         )
-        image = render(pipe, embeddings, image_seed, steps, cfg, width, height)
+        image = render(pipe, embeddings, image_seed, steps, cfg, width, height, on_step=step)
         info = Infotext(
             prompt=prompt,
             negative=negative,
@@ -235,8 +253,9 @@ def generate(
             clip_skip=clip_skip,
         )
         paths.append(write_png(image, target, info))
+        done[0] = (i + 1) * steps
         if progress:
-            progress(i + 1, n)
+            progress(done[0], total)
     return paths
 
 
