@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tagtune.core.catalog import open_catalog
+from tagtune.core.catalog import open_catalog, subset_where
 from tagtune.core.errors import TagtuneError, TrainingError
 from tagtune.core.subsets import stage_field
 from tagtune.core.workspace import Workspace
 from tagtune.ingest.verdicts import catalog_is_current
 from tagtune.prepare.latent_cache import MANIFEST, latents_dir
+from tagtune.prepare.planned import planned_latents
 from tagtune.recipe.model import Recipe
 
 SHOWN_POSTS = 5
@@ -158,8 +159,6 @@ def data_problems(
 
 
 def _missing_ids(ws: Workspace, recipe: Recipe, i: int, latents: Any, held: set[int]) -> list[int]:
-    from tagtune.core.catalog import subset_where
-
     st = recipe.train.stages[i]
     with open_catalog(ws.catalog_path, read_only=True) as con:
         ids = [r[0] for r in con.execute(
@@ -192,7 +191,6 @@ def check_before_training(
     from (`latents`, or the cache of the VAE with `fingerprint`). A TrainingError lists every
     error at once (`raise_if_errors`)."""
     from tagtune.prepare.encode import open_latent_cache
-    from tagtune.prepare.planned import planned_latents
 
     problems = machine_problems(recipe, stages, str(ws.recipe_path), world_size, zero2)
     cached = latents is not None
