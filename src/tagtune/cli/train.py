@@ -69,6 +69,7 @@ def _exit_on_problems(problems: list[dict]) -> None:
     for p in problems:
         where = [p["file"], f"stage {p['stage']!r}" if p["stage"] else "", p["key"]]
         text = ": ".join([w for w in where if w] + [p["message"]])
+        text += f" ({p['hint']})" if p.get("hint") else ""
         if p["severity"] == "error":
             err_console.print(error_line(text)[0], soft_wrap=True)
         else:

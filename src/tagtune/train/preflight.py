@@ -36,6 +36,7 @@ class Problem:
     key: str = ""
     stage: str = ""
     severity: str = "error"
+    hint: str = ""
 
     def line(self) -> str:
         """`file: stage 'main': key: message`, one line."""
@@ -77,17 +78,18 @@ def machine_problems(
                                key, st.name))  # fmt: skip
         if cfg.fused_backward:
             why = [
-                f"optimizer {st.optimizer!r}" if st.optimizer != "adafactor" else "",
-                f"gradient_accumulation {st.gradient_accumulation}"
+                f"optimizer = {st.optimizer!r}" if st.optimizer != "adafactor" else "",
+                f"gradient_accumulation = {st.gradient_accumulation}"
                 if st.gradient_accumulation > 1 else "",
                 f"{world_size} processes" if world_size > 1 else "",
                 "DeepSpeed" if zero2 else "",
-                "fp16 loss scaling" if cfg.mixed_precision == "fp16" else "",
+                "mixed_precision = 'fp16'" if cfg.mixed_precision == "fp16" else "",
             ]  # fmt: skip
             if any(why):
                 out.append(Problem(
-                    "fused_backward needs adafactor, gradient_accumulation 1, one process "
-                    f"without DeepSpeed and no fp16, but the stage has {', '.join(w for w in why if w)}",
+                    "fused_backward needs adafactor, gradient_accumulation 1, one process without "
+                    "DeepSpeed and no fp16 loss scaling, but stage "
+                    f"{st.name!r} has {', '.join(w for w in why if w)}",
                     file, "train.fused_backward", st.name,
                 ))  # fmt: skip
     return out
@@ -123,9 +125,11 @@ def data_problems(
         return [Problem("no catalog: run `tagtune ingest` first", str(ws.catalog_path))], {}
     with open_catalog(ws.catalog_path, read_only=True) as con:
         if not catalog_is_current(con, recipe):
-            out.append(Problem("the safety lists or legacy_ratings changed since the catalog "
-                               "was judged: run `tagtune caption`", str(ws.catalog_path),
-                               "safety"))  # fmt: skip
+            out.append(Problem(
+                "the recipe's safety lists or legacy_ratings changed since the catalog was judged",
+                str(ws.catalog_path), "safety",
+                hint="run `tagtune caption WS` (it re-judges the posts and rebuilds the captions)",
+            ))  # fmt: skip
             return out, {}
     try:
         held = {h.post_id for h in choose_held_out(ws, recipe, latents)}
@@ -172,9 +176,10 @@ def raise_if_errors(problems: Sequence[Problem]) -> None:
     """A TrainingError listing every error (one line, `; ` between them) when there is one."""
     errors = [p for p in problems if p.severity == "error"]
     if errors:
+        hint = errors[0].hint if len(errors) == 1 and errors[0].hint else None
         raise TrainingError(
             f"{len(errors)} problem(s) before training: " + "; ".join(p.line() for p in errors),
-            hint="`tagtune train WS --dry-run` lists them; fix the recipe or the workspace",
+            hint=hint or "`tagtune train WS --dry-run` lists them; fix the recipe or the workspace",
         )
 
 
