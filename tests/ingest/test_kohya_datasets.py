@@ -401,7 +401,7 @@ def test_repeats_are_in_the_step_plan_and_the_dry_run(tmp_path):
     assert plan.to_json()["stages"][0]["images_per_epoch"] == 10
     res = runner.invoke(app, ["prepare", str(ws.root), "--plan"])
     assert "4 (10/epoch)" in res.output
-    dry = json.loads(runner.invoke(app, ["train", str(ws.root), "--dry-run", "--json"]).output)
+    dry = json.loads(runner.invoke(app, ["train", str(ws.root), "--dry-run", "--json"]).stdout)
     assert (dry["stages"][0]["images"], dry["stages"][0]["steps_per_epoch"]) == (
         4, main.steps_per_epoch)  # fmt: skip
     assert plan_stage(stage.model_copy(update={"repeats": 2}), {(64, 64): 4}, 1,

@@ -65,7 +65,21 @@ def make_prepare_workspace(root: Path) -> Workspace:
                 ],
             )
         con.execute("INSERT INTO posts (id, favorite) VALUES (8, TRUE)")  # metadata only
+        mark_captioned(con, recipe, [*POSTS, 8])
     return w
+
+
+def mark_captioned(con, recipe: Recipe, post_ids) -> None:
+    """Give posts a caption and mark the catalog judged with `recipe`, as `tagtune caption`
+    leaves it (the plan counts captioned posts, as training does)."""
+    from tagtune.ingest.verdicts import judged_with
+
+    for pid in post_ids:
+        con.execute(
+            "INSERT INTO captions (post_id, caption, tags, groups, tokens) VALUES (?, ?, ?, ?, ?)",
+            [pid, "circle", ["circle"], ["general"], 2],
+        )
+    con.execute("INSERT OR REPLACE INTO settings VALUES ('judged_with', ?)", [judged_with(recipe)])
 
 
 @pytest.fixture

@@ -93,8 +93,8 @@ def test_the_init_recipe_fits_a_24_gib_card_and_fp32_weights_would_not(tmp_path)
     res = CliRunner().invoke(app, ["init", str(tmp_path / "ws")])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["train", str(tmp_path / "ws"), "--dry-run", "--json"])
-    assert res.exit_code == 0, res.output
-    stages = {s["name"]: s["memory_gib_estimate"] for s in json.loads(res.output)["stages"]}
+    assert res.exit_code == 2, res.output  # no base model, no catalog: listed after the plan
+    stages = {s["name"]: s["memory_gib_estimate"] for s in json.loads(res.stdout)["stages"]}
     assert set(stages) == {"main", "favorites"}
     assert all(est["total"] <= 24 for est in stages.values()), stages
     r = Recipe()

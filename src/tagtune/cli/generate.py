@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
         negative: str | None = typer.Option(
             None, "--negative", help='Negative prompt (default "worst quality").'
         ),
-        steps: int | None = typer.Option(None, "--steps", help="Sampler steps (default 28)."),
+        steps: int | None = typer.Option(
+            None, "--steps", help="Sampler steps (default: the recipe's sample_steps, else 28)."
+        ),
         cfg: float | None = typer.Option(None, "--cfg", help="CFG scale (default 7)."),
         cfg_rescale: float | None = typer.Option(
             None, "--cfg-rescale", help="Guidance rescale phi, 0 to 1 (default 0; ~0.7 for v-pred)."
@@ -35,7 +37,9 @@ def register(app: typer.Typer) -> None:
             None, "--seed", help="Seed of the first image (random if unset)."
         ),
         size: str | None = typer.Option(
-            None, "--size", help="WIDTHxHEIGHT, multiples of 8 up to 4096 (default 832x1216)."
+            None,
+            "--size",
+            help="WIDTHxHEIGHT, multiples of 8 up to 4096 (default: the model's or recipe's size).",
         ),
         n: int | None = typer.Option(
             None, "-n", help="Images, seeds seed, seed+1, ... (default 4; 1 with --from-png)."
@@ -44,7 +48,10 @@ def register(app: typer.Typer) -> None:
             None, "--clip-skip", help="A1111 numbering; 1 = SDXL default, at most 12."
         ),
         out: Path | None = typer.Option(
-            None, "--out", help="Folder for the PNGs (default: outputs)."
+            None, "--out", help="Folder for the PNGs (default WS/out/generated or outputs/)."
+        ),
+        workspace: Path | None = typer.Option(
+            None, "--workspace", help="Take size, steps and negative from this workspace's recipe."
         ),
         from_png: Path | None = typer.Option(
             None, "--from-png", help="Re-run the parameters of this image."
@@ -63,6 +70,7 @@ def register(app: typer.Typer) -> None:
 
         Example: tagtune generate model.safetensors "1girl, red hair" -n 2 --seed 1
         """
+        from tagtune.generate.defaults import generation_defaults
         from tagtune.generate.pipeline import generate as run_generate
         from tagtune.generate.pipeline import params_from_png
         from tagtune.models.lora_format import parse_lora_ref
@@ -83,10 +91,11 @@ def register(app: typer.Typer) -> None:
             "out_dir": out,
             "tokenizers": tokenizers,
         }
-        params = params_from_png(from_png, loras_given=bool(lora)) if from_png is not None else {}
+        base = generation_defaults(ckpt, workspace)  # size, steps, negative, out_dir
+        params = {**base, **(params_from_png(from_png, loras_given=bool(lora)) if from_png else {})}
         params.update({k: v for k, v in given.items() if v is not None})
-        with Progress(enabled=not as_json, unit="images") as bar:
-            task = bar.add_task("generating", total=None)
+        with Progress(enabled=not as_json, unit="steps") as bar:
+            task = bar.add_task("sampler steps", total=None)
             paths = run_generate(
                 ckpt,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
@@ -95,7 +104,7 @@ def register(app: typer.Typer) -> None:
             )
         if as_json:
             seeds = [read_png_infotext(p).seed for p in paths]
-            used = {**params_from_png(paths[0]), "n": len(paths)} if paths else {}
+            used = {**params_from_png(paths[0], loras_given=True), "n": len(paths)} if paths else {}
             print_json({"images": [str(p) for p in paths], "seeds": seeds, "params": used})
             return
         folder = paths[0].parent if paths else out

@@ -17,19 +17,28 @@ def register(app: typer.Typer) -> None:
     def init(
         ws: Path = typer.Argument(..., help="Workspace folder to create."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing tagtune.toml."),
+        base: Path | None = typer.Option(
+            None, "--base", help="Base model (SDXL .safetensors or diffusers folder): model.base."
+        ),
+        profile: str | None = typer.Option(
+            None, "--profile", help="reference (default), 24gb (same as reference) or cpu-tiny."
+        ),
     ) -> None:
-        """Create a workspace folder with a commented recipe (the reference workflow).
+        """Create a workspace folder with a commented recipe for this machine.
 
-        Example: tagtune init my-ws
+        Example: tagtune init ws --base tiny.safetensors --profile cpu-tiny
         """
         from tagtune.recipe.workspace import init_workspace
 
-        w = init_workspace(ws, force=force)
+        w = init_workspace(ws, force=force, profile=profile, base=base)
         console.print(
             Text.assemble("created ", (str(w.recipe_path), "bold"), " (stages: main, favorites)")
         )
-        console.print(
-            Text.assemble(
-                "next: set ", ("model.base", "bold"), " in the recipe, then `tagtune ingest`"
+        if base is None:
+            console.print(
+                Text.assemble(
+                    "next: set ", ("model.base", "bold"), " in the recipe, then `tagtune ingest`"
+                )
             )
-        )
+        else:
+            console.print("next: `tagtune ingest`")

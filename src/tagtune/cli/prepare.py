@@ -111,9 +111,10 @@ def register(app: typer.Typer) -> None:
             )
         w = open_workspace(ws)
         if plan or action == "chart":
-            from tagtune.prepare.run import bucket_chart, plan_workspace
+            from tagtune.prepare.run import bucket_chart
+            from tagtune.train.plan import prepare_plan
 
-            p = plan_workspace(w)
+            p = prepare_plan(w)
             data = p.to_json()
             if action == "chart":
                 chart = out or w.out_dir / "buckets.png"

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from tagtune.cli.common import console, err_console, print_json
+from tagtune.cli.common import console, err_console, error_line, print_json
 from tagtune.core.workspace import open_workspace
 from tagtune.train.summary import summary_lines
 
@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
                 print_json(result)
             else:
                 _print_plan(result)
+            _exit_on_problems(result["problems"])
             return
         from tagtune.train.interrupt import INTERRUPTED_EXIT_CODE, TrainingInterrupted
         from tagtune.train.stages import run_training
@@ -76,6 +77,20 @@ def register(app: typer.Typer) -> None:
 def _images_cell(images: int, per_epoch: int) -> str:
     """Images of a stage, and the images an epoch shows when repeats make it differ."""
     return str(images) if per_epoch == images else f"{images} ({per_epoch}/epoch)"
+
+
+def _exit_on_problems(problems: list[dict]) -> None:
+    """One line per problem on stderr (`warning:` or `error:`); exit 2 when any is an error."""
+    for p in problems:
+        where = [p["file"], f"stage {p['stage']!r}" if p["stage"] else "", p["key"]]
+        text = ": ".join([w for w in where if w] + [p["message"]])
+        text += f" ({p['hint']})" if p.get("hint") else ""
+        if p["severity"] == "error":
+            err_console.print(error_line(text)[0], soft_wrap=True)
+        else:
+            err_console.print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
+    if any(p["severity"] == "error" for p in problems):
+        raise typer.Exit(2)
 
 
 def _print_plan(result: dict) -> None:

@@ -148,11 +148,13 @@ def render(
     width: int,
     height: int,
     cfg_rescale: float = 0.0,
+    on_step: Callable[[], None] | None = None,
 ) -> Any:
     """One image from `prompt_embeddings(...)`, its noise drawn from a CPU generator seeded
     with `seed` (so an image is re-made alone, on any device). Used by `generate` and by
     the samples taken during training, so both condition prompts identically.
-    `cfg_rescale` is the guidance rescale phi (Lin et al. 2023; 0 = off, ~0.7 for v models)."""
+    `cfg_rescale` is the guidance rescale phi (Lin et al. 2023; 0 = off, ~0.7 for v models);
+    `on_step()` runs after each sampler step."""
     import torch
 
     cond, pooled, uncond, uncond_pooled = (t.to(pipe.device, pipe.unet.dtype) for t in embeddings)
@@ -169,6 +171,7 @@ def render(
             width=width,
             height=height,
             generator=generator,
+            callback_on_step_end=_step_callback(on_step) if on_step else None,
         ).images[0]
 
 
@@ -176,6 +179,14 @@ def prediction_fields(components: Any) -> dict[str, Any]:
     """The Infotext fields naming what the model predicts (its scheduler config)."""
     p = components_prediction(components)
     return {"prediction_type": p.prediction_type, "zero_terminal_snr": p.zero_terminal_snr}
+
+
+def _step_callback(on_step: Callable[[], None]) -> Callable[..., dict]:
+    def callback(_pipe: Any, _step: int, _timestep: Any, kwargs: dict) -> dict:
+        on_step()
+        return kwargs
+
+    return callback
 
 
 def _next_index(out_dir: Path) -> int:
@@ -207,7 +218,8 @@ def generate(
     (tests pass the tiny model) or a LoadedModel. The scheduler follows the model's
     prediction type and zero terminal SNR (`make_scheduler`); the infotext names them and
     `cfg_rescale` (guidance rescale, 0 to 1). `loras` are (kohya LoRA file, strength)
-    pairs applied in memory (see `generate.lora`). Returns the written paths.
+    pairs applied in memory (see `generate.lora`). `progress(done, total)` counts sampler
+    steps (total = n x steps). Returns the written paths.
     """
     width, height = parse_size(size)
     if sampler not in SCHEDULERS:
@@ -236,14 +248,22 @@ def generate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = _next_index(out_dir)
-    paths = []
+    paths, total, done = [], n * steps, [0]
+
+    def step() -> None:
+        done[0] = min(done[0] + 1, total)
+        if progress:
+            progress(done[0], total)
+
     for i in range(n):
         image_seed = (seed + i) % (MAX_SEED + 1)
         target = out_dir / f"{first + i:05d}-{image_seed}.png"
         claim_output(
             target, inputs=[("the model", model if isinstance(model, str | Path) else None)]
         )
-        image = render(pipe, embeddings, image_seed, steps, cfg, width, height, cfg_rescale)
+        image = render(
+            pipe, embeddings, image_seed, steps, cfg, width, height, cfg_rescale, on_step=step
+        )
         info = Infotext(
             prompt=prompt + lora_use(used).prompt_suffix,
             negative=negative,
@@ -261,8 +281,9 @@ def generate(
             extra=lora_use(used).infotext_extra,
         )
         paths.append(write_png(image, target, info))
+        done[0] = (i + 1) * steps
         if progress:
-            progress(i + 1, n)
+            progress(done[0], total)
     return paths
 
 

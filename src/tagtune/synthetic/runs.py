@@ -108,10 +108,13 @@ def make_training_workspace(
     sizes: Sequence[tuple[int, int]] = ((64, 64),),
     favorites: Iterable[int] = (),
     seed: int = 0,
+    files: bool = False,
 ) -> tuple[Workspace, InMemoryLatents]:
     """A workspace with `n` posts and captions (harmless tags) and their in-memory latents.
 
     Post i gets bucket sizes[i % len(sizes)]; posts in `favorites` are marked favorite.
+    `files` also records an image file of that size per post in the catalog (the files are
+    not written: enough for the plans, which read sizes only).
     """
     ws = init_workspace(root, recipe, force=True)
     fav = set(favorites)
@@ -125,6 +128,11 @@ def make_training_workspace(
                 [i, ", ".join(tags), tags, ["general"] * len(tags), 2 * len(tags)],
             )
             buckets[i] = tuple(sizes[(i - 1) % len(sizes)])
+            if files:
+                con.execute(
+                    "INSERT INTO files (post_id, path, sha256, width, height) VALUES (?, ?, ?, ?, ?)",
+                    [i, f"images/{i}.png", f"{i:064x}", *buckets[i]],
+                )
         sync_with_recipe(con, recipe)  # judged with this recipe, as ingest and caption leave it
     return ws, InMemoryLatents(buckets, seed)
 

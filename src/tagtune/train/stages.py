@@ -33,6 +33,7 @@ from tagtune.train.lora import apply_lora_state
 from tagtune.train.monitor import Monitor
 from tagtune.train.optim import TRAINABLE, warmup_steps
 from tagtune.train.prediction_record import record_prediction
+from tagtune.train.preflight import check_before_training
 from tagtune.train.sample_prompts import SamplePrompt, sample_prompts
 from tagtune.train.state import MARKER, clean_state_temps, latest_state, load_weights, state_meta
 from tagtune.train.validation import (
@@ -207,6 +208,10 @@ def run_training(
     ctx = open_run(ws, recipe, components, progress, encode_fn, after_step)
     ctx.only = stage
     ctx.prompts = prompts
+    latents = check_before_training(
+        ws, recipe, pending_stages(ctx.record, recipe, wanted), latents, ctx.vae.fingerprint,
+        ctx.runtime.world_size, ctx.runtime.deepspeed,
+    )  # every problem of every stage to run, before the first trains  # fmt: skip
     for index, st in enumerate(recipe.train.stages[: wanted[-1] + 1]):
         entry = rec.find_stage(ctx.record, st.name)
         if entry and entry["status"] == "complete":
@@ -229,6 +234,14 @@ def run_training(
         result = train_recorded(ctx, job, entry)
         record_stage_end(ctx, entry, result)
     return ctx.summary
+
+
+def pending_stages(record: dict[str, Any], recipe: Recipe, wanted: list[int]) -> list[int]:
+    """Indices of the wanted stages that run.json does not call complete (they will train)."""
+    return [
+        i for i in wanted
+        if (rec.find_stage(record, recipe.train.stages[i].name) or {}).get("status") != "complete"
+    ]  # fmt: skip
 
 
 def check_completed_states(ws: Workspace, recipe: Recipe, last: int) -> None:
