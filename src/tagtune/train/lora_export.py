@@ -268,9 +268,10 @@ def export_lora(
         resolution="{}x{}".format(*recipe.export.resolution),
         prediction_type=recipe.model.prediction_type,
         usage_hint=f"<lora:{out.stem}:1>",
+        date=str(entry.get("finished_at") or ""),  # reproducible: when the stage finished
         extra={
             **ss,
-            "tagtune.recipe.model": json.dumps(recipe.model_dump(mode="json")),
+            "tagtune.recipe.model": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
             "tagtune.lora_stage": stage.name,
             "tagtune.lora_starts_from": json.dumps(["base", *earlier]),
         },
