@@ -278,9 +278,11 @@ def test_train_dry_run_with_a_hostile_recipe_subset(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len([ln for ln in lines if ln.startswith("error:")]) == 1
-    assert lines[0].startswith(
-        f"error: train.stages[0].subset = {clause!r}: not a subset condition: string at"
+    assert lines[0].startswith(  # the recipe file, the key and the stage's name
+        f"error: {ws.recipe_path}: train.stages[0].subset = {clause!r}: stage 'main': "
+        "not a subset condition: string at"
     )
+    assert "(allowed: columns id, md5," in lines[0]
     assert not out.exists()
     res = CliRunner().invoke(app, ["train", str(ws.root), "--dry-run"])  # same, in-process
     assert isinstance(res.exception, InputError) and not out.exists()

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from tagtune.core.catalog import check_subset, open_catalog
-from tagtune.core.subsets import stage_field
+from tagtune.core.subsets import stage_origin
 from tagtune.core.workspace import Workspace
 from tagtune.recipe.workspace import workspace_recipe
 from tagtune.train.data import steps_per_epoch
@@ -56,7 +56,8 @@ def dry_run(
             images = shown = 0
             if ws.catalog_path.exists():
                 with open_catalog(ws.catalog_path, read_only=True) as con:
-                    where = check_subset(con, st.subset, stage_field(recipe.train.stages, st))
+                    origin = stage_origin(recipe.train.stages, st, ws.recipe_path)
+                    where = check_subset(con, st.subset, origin)
                     images, shown = con.execute(
                         "SELECT count(*), coalesce(sum(coalesce(posts.repeats, 1)), 0) FROM "
                         f"captions c JOIN posts ON posts.id = c.post_id WHERE {where}"
