@@ -4,6 +4,7 @@ a hard link; and a completed stage whose final state is gone is an error, never 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -41,6 +42,7 @@ def completed_run_workspace(root, tiny_sdxl):
     state = ws.runs_dir / "run1" / "main" / "states" / "step-2"
     state.mkdir(parents=True)
     (state / MARKER).write_text("ok\n")
+    (state / "state.json").write_text(json.dumps({"settings": {"name": "main", "method": "full"}}))
     record = rec.new_run("run1", recipe, {"path": "base.safetensors", "sha256": "", "autov2": ""})
     entry = rec.stage_record(
         recipe.stage("main"), images=2, steps_per_epoch=1, warmup_steps=0,

@@ -170,7 +170,8 @@ def test_a_stale_state_temp_is_removed_when_its_stage_starts(
     torch.set_num_threads(1)
     ws, _ = make_training_workspace(tmp_path / "ws", tiny_train_recipe(epochs=1), n=2)
     monkeypatch.setattr(stages, "load_base", lambda *_a: copy.deepcopy(tiny_sdxl))
-    monkeypatch.setattr(stages, "open_latents", lambda w, _c: latents_for(w))
+    # the workspace's latents are in memory: the checks before training get them
+    monkeypatch.setattr(stages, "check_before_training", lambda w, *_a, **_k: latents_for(w))
     states = ws.runs_dir / "run1" / "main" / "states"
     temp(states, "step-1", dead_pid, MB, folder_temp=True)
     res = run_cli(capsys, "train", ws.root, "--json")

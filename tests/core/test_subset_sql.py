@@ -277,8 +277,8 @@ def test_train_dry_run_with_a_hostile_recipe_subset(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     refused = [ln for ln in lines if f"train.stages[0].subset = {clause!r}" in ln]
-    assert len(refused) == 1 and refused[0].startswith(f"error: {ws.recipe_path}: stage 'main': ")
-    assert f"train.stages[0].subset = {clause!r}: not a subset condition: string at" in refused[0]
+    assert len(refused) == 1 and refused[0].startswith(f"error: {ws.recipe_path}: ")
+    assert "stage 'main'" in refused[0] and "not a subset condition: string at" in refused[0]
     assert not out.exists()
     res = invoke("train", ws.root, "--dry-run")  # same, through the test runner
     assert res.code == 2 and not out.exists()

@@ -94,7 +94,7 @@ def test_suggest_json_prints_prompt_and_stores(ws):
         ("smile", 1.0),
         ("fate (series)", 0.5),
     ]
-    assert out["prompt"] == r"artist a, smile, fate \(series\)"
+    assert out["prompt"] == r"artist a, fate \(series\), smile"  # caption order: groups
     with open_catalog(ws.catalog_path, read_only=True) as con:
         rows = con.execute(
             "SELECT rank, tag FROM recommended_tags WHERE subset = 'favorites' ORDER BY rank"
@@ -105,7 +105,7 @@ def test_suggest_json_prints_prompt_and_stores(ws):
 def test_suggest_table_has_prompt_line(ws):
     result = run(ws.root, "suggest", "--where", "rating = 's'", "--min-count", "1", "-n", "2")
     assert result.exit_code == 0, result.output
-    assert "prompt:\nfate \\(series\\), artist a\n" in result.stdout
+    assert "prompt:\nartist a, fate \\(series\\)\n" in result.stdout  # caption order
     assert "stored in recommended_tags (subset \"rating = 's'\")" in result.stdout
 
 

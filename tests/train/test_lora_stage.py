@@ -174,6 +174,8 @@ def test_export_writes_the_golden_kohya_names_and_ss_metadata(trained):
     assert meta["sshs_legacy_hash"] == hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
     record = json.loads((ws.root / "runs/run1/run.json").read_text())["export"]
     assert record["lora"]["rank"] == 4 and record["lora"]["starts_from"] == ["base"]
+    run = json.loads((ws.root / "runs/run1/run.json").read_text())
+    assert meta["modelspec.date"] == run["stages"][0]["finished_at"]  # reproducible bytes
 
 
 def _outputs(components) -> list[torch.Tensor]:

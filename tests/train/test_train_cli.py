@@ -74,6 +74,40 @@ def test_train_then_export_from_the_command_line(tmp_path, tiny_sdxl):
     assert run["export"]["path"] == "out/shapes-xl.safetensors"
     assert run["export"]["hashes"]["autov2"] == exported["hashes"]["autov2"]
     assert len(run["export"]["hashes"]["sha256"]) == 64
+    assert meta["modelspec.date"] == run["stages"][0]["finished_at"]
+
+
+@pytest.mark.slow
+def test_exporting_the_same_stage_twice_gives_the_same_bytes(tmp_path, tiny_sdxl):
+    """The export date comes from run.json (the stage's finished_at), not the wall clock:
+    a re-export with --force and one to another folder have the same SHA-256."""
+    from tagtune.models.safetensors_io import read_header
+    from tagtune.models.save import save_single_file
+
+    recipe = tiny_train_recipe(epochs=1, batch_size=2, lr_text_encoder=0.0, lr_text_encoder_2=0.0)
+    recipe.model.base = "base.safetensors"
+    ws, _ = make_training_workspace(tmp_path / "ws", recipe, n=2)
+    save_single_file(tiny_sdxl, ws.root / "base.safetensors", dtype="fp32")
+    _cache_latents(ws, tiny_sdxl, 2)
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", str(ws.root)]).exit_code == 0
+    run_file = ws.runs_dir / "run1" / "run.json"
+    run = json.loads(run_file.read_text())
+    run["stages"][0]["finished_at"] = "2025-01-02T03:04:05+00:00"  # long before now
+    run_file.write_text(json.dumps(run))
+
+    def export(*args):
+        res = runner.invoke(app, ["export", str(ws.root), "--json", *args])
+        assert res.exit_code == 0, res.output
+        path = json.loads(res.output)["path"]
+        return path, hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+    first, digest = export()
+    assert read_header(first).metadata["modelspec.date"] == "2025-01-02T03:04:05+00:00"
+    assert export("--force") == (first, digest)
+    other = tmp_path / "elsewhere" / "model.safetensors"
+    other.parent.mkdir()
+    assert export("--out", str(other)) == (str(other), digest)
 
 
 def test_train_without_a_base_model_says_what_to_set(tmp_path):

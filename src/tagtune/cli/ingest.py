@@ -57,6 +57,19 @@ def _caption_file_notes(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _problems_table(listing):
+    from rich.table import Table
+
+    title = f"problems ({listing.reason})" if listing.reason else "problems"
+    table = Table(title=f"{title}: {listing.total}", header_style="bold")
+    for col in ("file", "post", "reason", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in listing.rows:
+        post = "" if r.post is None else str(r.post)
+        table.add_row(r.file or "", post, f"{r.stage}/{r.reason}", r.detail or "")
+    return table
+
+
 def _progress(enabled: bool):
     return Progress(enabled=enabled)
 
@@ -151,15 +164,35 @@ def register(app: typer.Typer) -> None:
     def status(
         ws: Path = typer.Argument(..., metavar="WS", help="Workspace folder."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+        problems: bool = typer.Option(
+            False, "--problems", help="List the problem rows (file, post, reason, detail)."
+        ),
+        reason: str | None = typer.Option(
+            None, "--reason", help="Only problems of this reason (implies --problems)."
+        ),
+        limit: int | None = typer.Option(
+            None, "--limit", help="Problem rows to list (default 50; 0 = all)."
+        ),
     ) -> None:
         """Counts in the catalog: posts, images, favorites, per source, per rating, per year, problems.
 
-        Example: tagtune status my-ws
+        Example: tagtune status WS --problems --reason bad-field
         """
         from rich.table import Table
 
         from tagtune.ingest import read_status
 
+        if problems or reason is not None:
+            from tagtune.ingest.problem_list import list_problems
+
+            listing = list_problems(open_workspace(ws), reason=reason, limit=limit)
+            if as_json:
+                print_json(listing.to_json())
+                return
+            console.print(_problems_table(listing))
+            if listing.left_out:
+                console.print(f"... and {listing.left_out} more (--limit 0 lists them all)")
+            return
         data = read_status(open_workspace(ws))
         if as_json:
             print_json(data)

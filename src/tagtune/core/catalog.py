@@ -35,7 +35,7 @@ from pathlib import Path
 import duckdb
 
 from tagtune.core.errors import InputError, WorkspaceError
-from tagtune.core.subsets import render_clause
+from tagtune.core.subsets import SUBSET_ALLOWED, SubsetOrigin, render_clause
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS posts (
@@ -193,15 +193,34 @@ def subset_where(subset: str, field: str = "subset") -> str:
     return f"posts.excluded IS NULL AND ({cond})"
 
 
-def check_subset(con: duckdb.DuckDBPyConnection, subset: str, field: str = "subset") -> str:
+def check_subset(
+    con: duckdb.DuckDBPyConnection, subset: str, field: str | SubsetOrigin = "subset"
+) -> str:
     """`subset_where`, run once so a clause DuckDB cannot bind (a type mismatch) is an
-    InputError naming `field` and the clause; returns the condition."""
-    where = subset_where(subset, field)
+    InputError naming `field` and the clause; returns the condition. Every error lists what a
+    clause may use; with a `SubsetOrigin` it also names the recipe file and the stage."""
+    origin = field if isinstance(field, SubsetOrigin) else SubsetOrigin(field)
     try:
-        con.execute(f"SELECT count(*) FROM posts WHERE {where}").fetchone()
-    except duckdb.Error as exc:
+        where = subset_where(subset, origin.field)
+        try:
+            con.execute(f"SELECT count(*) FROM posts WHERE {where}").fetchone()
+        except duckdb.Error as exc:
+            raise InputError(
+                f"invalid subset WHERE clause: {exc}".splitlines()[0],
+                field=origin.field,
+                value=subset,
+                allowed=SUBSET_ALLOWED,
+            ) from None
+    except InputError as exc:
+        if origin.file is None and origin.stage is None:
+            raise
+        where_from = f"stage {origin.stage!r}: " if origin.stage else ""
         raise InputError(
-            f"invalid subset WHERE clause: {exc}".splitlines()[0], field=field, value=subset
+            where_from + exc.reason,
+            file=origin.file,
+            field=exc.field,
+            value=exc.value,
+            allowed=exc.allowed,
         ) from None
     return where
 

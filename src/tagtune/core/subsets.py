@@ -17,6 +17,8 @@ import json
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -104,10 +106,11 @@ _OPERATORS = {  # DuckDB's names of infix operators -> SQL
     "%": "%",
 }
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_ALLOWED = (
+SUBSET_ALLOWED = (
     f"columns {', '.join(SUBSET_COLUMNS)}; functions {', '.join(SUBSET_FUNCTIONS)}; "
     "comparisons, AND/OR/NOT, IN (values), BETWEEN, LIKE/ILIKE, IS [NOT] NULL, literals, casts"
 )
+_ALLOWED = SUBSET_ALLOWED
 _SHAPE = "more than one condition (ORDER BY, LIMIT, GROUP BY, UNION, ...)"
 _LOCK = threading.Lock()
 _PARSER: list[duckdb.DuckDBPyConnection] = []
@@ -120,6 +123,21 @@ def stage_field(stages: Sequence[Any], stage: Any) -> str:
             if same(st, stage):
                 return f"train.stages[{i}].subset"
     return f"train.stages[{getattr(stage, 'name', '?')}].subset"
+
+
+@dataclass(frozen=True)
+class SubsetOrigin:
+    """Where a subset clause came from, for its errors: the recipe key (`field`), the recipe
+    file and the stage (None for a flag such as `--where`)."""
+
+    field: str
+    file: str | Path | None = None
+    stage: str | None = None
+
+
+def stage_origin(stages: Sequence[Any], stage: Any, file: str | Path | None) -> SubsetOrigin:
+    """A stage's subset origin: its recipe key (`stage_field`), the recipe file, its name."""
+    return SubsetOrigin(stage_field(stages, stage), file, getattr(stage, "name", None))
 
 
 class _Refused(Exception):

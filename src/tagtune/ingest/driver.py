@@ -30,6 +30,7 @@ from tagtune.ingest.record_checks import (
     duplicate_ids,
     hidden_characters,
     keep_first_ids,
+    name_record_files,
     odd_fields,
 )
 from tagtune.ingest.report import catalog_summary
@@ -269,7 +270,8 @@ def _write_source(
             problems += bad_records(con, kind)
         if n_ids != n_distinct:
             problems += duplicate_ids(con, kind)
-        problems += odd_fields(con, key) + hidden_characters(hidden, key)
+        found = odd_fields(con, key) + hidden_characters(hidden, key)
+        problems += name_record_files(con, raw, found)  # the sidecar, not the folder
         cands = _candidates(con, kind, images, raw)
         rows, file_problems = check_files(con, cands, recipe, progress)
     problems += file_problems

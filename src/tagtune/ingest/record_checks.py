@@ -4,6 +4,7 @@ usable id (dropped), a value that cannot be used (the post is kept, the value un
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import duckdb
@@ -139,3 +140,26 @@ def hidden_characters(found: dict[tuple[str | None, str], str], source: str) -> 
         if len(out) >= 10000:
             break
     return out
+
+
+def name_record_files(
+    con: duckdb.DuckDBPyConnection, raw: str, problems: list[Problem]
+) -> list[Problem]:
+    """`bad-field` problems name the file their post's record came from (a folder's
+    sidecar, a dump file) instead of the source they were found in: the file to open."""
+    ids = sorted({p.post_id for p in problems if p.reason == "bad-field" and p.post_id})
+    if not ids:
+        return problems
+    files = dict(
+        con.execute(
+            f"SELECT id, min(path) FROM ({raw_ids_sql(raw)}) WHERE id IN (SELECT unnest($ids)) "
+            "AND path IS NOT NULL GROUP BY id",
+            {"ids": ids},
+        ).fetchall()
+    )
+    return [
+        dataclasses.replace(p, path=files[p.post_id])
+        if p.reason == "bad-field" and p.post_id in files
+        else p
+        for p in problems
+    ]

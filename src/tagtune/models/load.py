@@ -309,7 +309,9 @@ def folder_configs(folder: Path) -> dict[str, dict[str, Any]]:
             raise ModelFileError("not a diffusers SDXL folder: missing config", file=cfg_path)
         configs[name] = read_config_file(cfg_path, name)
     sched_path = folder / CONFIG_FILES["scheduler"]
-    configs["scheduler"] = read_config_file(sched_path, "scheduler") if sched_path.exists() else {}
+    scheduler = read_config_file(sched_path, "scheduler") if sched_path.exists() else {}
+    scheduler.pop("_diffusers_version", None)  # the writer's version, not the model's
+    configs["scheduler"] = scheduler
     return configs
 
 

@@ -122,6 +122,34 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
     write_text_atomic(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
+def _text_encoder_config(module):
+    """The encoder's config as the model's own `save_pretrained` writes it: `architectures`
+    names its class (diffusers' SDXL training example reads it), on a copy."""
+    import copy
+
+    config = copy.deepcopy(module.config)
+    config.architectures = [type(module).__name__]
+    return config
+
+
+def _scheduler_config(components: SDXLComponents) -> dict:
+    """The scheduler config with the keys diffusers' `save_config` adds (`_class_name`,
+    `_diffusers_version`); its own keys stay exactly the components' (so a folder loads back
+    to the same config; diffusers fills the rest with its defaults when it loads)."""
+    config = {k: v for k, v in components.scheduler_config.items() if not k.startswith("_")}
+    return {
+        "_class_name": "EulerDiscreteScheduler",
+        "_diffusers_version": _diffusers_version(),
+        **config,
+    }
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
 def save_diffusers(
     components: SDXLComponents,
     folder: str | Path,
@@ -143,7 +171,7 @@ def save_diffusers(
             sub = tmp / name
             sub.mkdir()
             if name.startswith("text_encoder"):
-                module.config.save_pretrained(sub)
+                _text_encoder_config(module).save_pretrained(sub)
                 state = _text_encoder_state_dict(module)
             else:
                 module.save_config(sub)
@@ -156,9 +184,10 @@ def save_diffusers(
                 continue
             save_tokenizer(tok, tmp / name)
         (tmp / "scheduler").mkdir()
-        scheduler = {"_class_name": "EulerDiscreteScheduler", **components.scheduler_config}
         write_text_atomic(
-            tmp / "scheduler" / "scheduler_config.json", json.dumps(scheduler, indent=2)
+            tmp / "scheduler" / "scheduler_config.json",
+            json.dumps(_scheduler_config(components), indent=2, sort_keys=True),
         )
-        write_text_atomic(tmp / "model_index.json", json.dumps(index, indent=2))
+        index["_diffusers_version"] = _diffusers_version()
+        write_text_atomic(tmp / "model_index.json", json.dumps(index, indent=2, sort_keys=True))
     return folder

@@ -20,7 +20,7 @@ from tagtune.core.atomic import atomic_path
 from tagtune.core.catalog import CatalogBusyError, check_subset, open_catalog
 from tagtune.core.errors import RecipeError, WorkspaceError
 from tagtune.core.outputs import Inputs, claim_output
-from tagtune.core.subsets import stage_field
+from tagtune.core.subsets import SubsetOrigin, stage_origin
 from tagtune.core.workspace import Workspace
 from tagtune.prepare.buckets import Bucket, StagePlan, count_buckets, plan_steps
 from tagtune.prepare.encode import PrepareItem, PrepareResult, Problem, encode_images
@@ -78,7 +78,7 @@ def _items_sql(where: str) -> str:
 
 
 def catalog_items(
-    con: Any, subsets: Sequence[str], root: Path, fields: Sequence[str] = ()
+    con: Any, subsets: Sequence[str], root: Path, fields: Sequence[str | SubsetOrigin] = ()
 ) -> list[PrepareItem]:
     """Included posts with an image file in any of `subsets` (relative paths resolved
     against the workspace `root`), ordered by post id. `fields` name where each subset
@@ -98,7 +98,7 @@ def plan_workspace(ws: Workspace, world_size: int = 1) -> PreparePlan:
     cfg = recipe.buckets
     with open_catalog(ws.catalog_path, read_only=True) as con:
         stages = recipe.train.stages
-        fields = [stage_field(stages, s) for s in stages]
+        fields = [stage_origin(stages, s, ws.recipe_path) for s in stages]
         all_items = catalog_items(con, [s.subset for s in stages], ws.root, fields)
         repeats = post_repeats(con)
         stage_items = {
@@ -203,7 +203,10 @@ def prepare_workspace(
     with open_catalog(ws.catalog_path, read_only=True) as con:
         stages = recipe.train.stages
         items = catalog_items(
-            con, [s.subset for s in stages], ws.root, [stage_field(stages, s) for s in stages]
+            con,
+            [s.subset for s in stages],
+            ws.root,
+            [stage_origin(stages, s, ws.recipe_path) for s in stages],
         )
     if not items:
         raise WorkspaceError(

@@ -20,6 +20,7 @@ from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import InputError
 from tagtune.core.results import Result
 from tagtune.core.workspace import Workspace
+from tagtune.recipe.workspace import workspace_recipe
 from tagtune.tags.index import (
     TagIndex,
     column_counts,
@@ -28,6 +29,7 @@ from tagtune.tags.index import (
     subset_mask,
     tag_index,
 )
+from tagtune.tags.suggest_prompt import min_count_hint, prompt_tags
 
 GROUPS = ("artist", "copyright", "character", "general", "meta", "quality", "rating", "period")
 TOKEN_GROUPS = ("quality", "rating", "period", "meta")
@@ -248,9 +250,15 @@ def suggest_tags(
                 hint="favorites come from the favorites list given to `tagtune ingest`",
             )
         rows = suggest_in(index, target, universe, n, min_count)
+        candidates = column_counts(index, universe)[
+            (column_counts(index, target) > 0) & ~np.isin(index.groups, TOKEN_GROUPS)
+        ]
         if store:
             store_recommended(con, expr, rows)
     same = int(target.sum()) == int(universe.sum())
+    captions = workspace_recipe(ws).caption
+    in_prompt = prompt_tags(rows, captions.count_tags, captions.order)
+    notes = [min_count_hint(candidates, n, min_count)]
     return SuggestResult(
         expr,
         against,
@@ -258,12 +266,18 @@ def suggest_tags(
         int(universe.sum()),
         min_count,
         rows,
-        prompt_line([r.tag for r in rows]),
-        note=(
-            f"the subset holds every post of the reference set ({against!r}): the ranking is "
-            "plain tag frequency; compare with a larger set (`against`) or a narrower subset"
-            if same
-            else ""
+        prompt_line([r.tag for r in in_prompt]),
+        note="; ".join(
+            x
+            for x in [
+                *notes,
+                f"the subset holds every post of the reference set ({against!r}): the ranking "
+                "is plain tag frequency; compare with a larger set (`against`) or a narrower "
+                "subset"
+                if same
+                else "",
+            ]
+            if x
         ),
     )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tagtune.core.catalog import check_subset, open_catalog
 from tagtune.core.errors import TrainingError
-from tagtune.core.subsets import stage_field
+from tagtune.core.subsets import stage_origin
 from tagtune.core.workspace import Workspace
 from tagtune.ingest.verdicts import catalog_is_current
 from tagtune.recipe.model import StageConfig
@@ -42,9 +42,8 @@ def load_examples(
                 file=ws.catalog_path,
                 hint="run `tagtune caption WS` (it re-judges the posts and rebuilds the captions)",
             )
-        where = check_subset(
-            con, stage.subset, stage_field(workspace_recipe(ws).train.stages, stage)
-        )
+        stages = workspace_recipe(ws).train.stages
+        where = check_subset(con, stage.subset, stage_origin(stages, stage, ws.recipe_path))
         rows = con.execute(
             "SELECT c.post_id, c.caption, c.tags, c.groups, coalesce(posts.repeats, 1) "
             f"FROM captions c JOIN posts ON posts.id = c.post_id WHERE {where} ORDER BY c.post_id"

@@ -2,7 +2,11 @@
 safetensors, carrying the recipe's VAE (`model.vae`) when one is set.
 
 The file is written by `train.export_file` (header: ModelSpec + tagtune's metadata); its
-hashes go into run.json.
+hashes go into run.json. Exports are reproducible: every header value comes from the run's
+own records (the date is the stage's `finished_at`, JSON values are key-sorted, no path
+outside the workspace's relative names), so exporting the same stage twice gives the same
+SHA-256 wherever the file goes. A LoRA export also names its file (`ss_output_name`,
+`modelspec.usage_hint`), so it is the same bytes for the same file name.
 """
 
 from __future__ import annotations
@@ -115,18 +119,27 @@ def export_model(
     for path in states.values():
         stages.apply_stage_weights(components, path)
     extra = {
-        "tagtune.training": json.dumps(training_summary(record)),
+        "tagtune.training": json.dumps(training_summary(record), sort_keys=True),
         "tagtune.tag_frequency": json.dumps(tag_frequency(ws)),
     }
     if ema:  # the target stage's averages replace its final weights
         modules = apply_ema_weights(components, states[target], target)
         extra["tagtune.ema"] = json.dumps({"stage": target, "modules": modules})
-    path = export_components(components, out, recipe, dtype or recipe.export.dtype, extra)
+    path = export_components(
+        components, out, recipe, dtype or recipe.export.dtype, extra, date=export_date(entry)
+    )
     extra_record: dict[str, Any] = {"vae": vae_source_of(components).to_json(), "ema": ema}
     prediction = components_prediction(components)
     if prediction.is_v:  # an epsilon record stays as it was
         extra_record["prediction"] = prediction.to_json()
     return _record_export(ws, run_dir, record, path, target, extra_record)
+
+
+def export_date(entry: dict[str, Any]) -> str:
+    """The exported file's `modelspec.date`: when the stage finished (its run.json entry), so
+    exporting the same stage again, anywhere, gives the same bytes. An entry written before
+    `finished_at` existed gives "" (the key is left out), never the wall clock."""
+    return str(entry.get("finished_at") or "")
 
 
 def _record_export(

@@ -72,10 +72,14 @@ def export_components(
     recipe: Recipe,
     dtype: str = "fp16",
     extra: dict[str, str] | None = None,
+    date: str | None = None,
 ) -> Path:
     """Write the components as one SDXL single file with ModelSpec + tagtune metadata
     (`tagtune.baked_vae*` name the recipe's VAE when one was baked in); a v-prediction
-    model carries the `v_pred` / `ztsnr` markers (`save_single_file`)."""
+    model carries the `v_pred` / `ztsnr` markers (`save_single_file`).
+
+    `date` is `modelspec.date` (the final export passes the stage's `finished_at`, so the
+    same run exports to the same bytes); None means now (the per-epoch sample files)."""
     meta = modelspec_metadata(
         recipe.project.name,
         author=recipe.project.author,
@@ -83,8 +87,9 @@ def export_components(
         license=recipe.project.license,
         resolution="{}x{}".format(*recipe.export.resolution),
         prediction_type=components_prediction(components).modelspec_value,
+        date=date,
         extra={
-            "tagtune.recipe": json.dumps(recipe.model_dump(mode="json")),
+            "tagtune.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
             **vae_source_of(components).metadata(),
             **(extra or {}),
         },

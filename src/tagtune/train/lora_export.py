@@ -25,7 +25,7 @@ import torch
 
 from tagtune.core.catalog import check_subset, open_catalog
 from tagtune.core.errors import TrainingError
-from tagtune.core.subsets import stage_field
+from tagtune.core.subsets import stage_origin
 from tagtune.core.workspace import Workspace
 from tagtune.models.lora_format import LoraModule, kohya_name, write_lora
 from tagtune.models.modelspec import modelspec_metadata
@@ -149,7 +149,9 @@ def stage_tag_frequency(ws: Workspace, recipe: Recipe, stage: StageConfig) -> di
     if not ws.catalog_path.exists():
         return {}
     with open_catalog(ws.catalog_path, read_only=True) as con:
-        where = check_subset(con, stage.subset, stage_field(recipe.train.stages, stage))
+        where = check_subset(
+            con, stage.subset, stage_origin(recipe.train.stages, stage, ws.recipe_path)
+        )
         rows = con.execute(
             "SELECT tag, count(*) AS n FROM (SELECT unnest(c.tags) AS tag FROM captions c "
             f"JOIN posts ON posts.id = c.post_id WHERE posts.excluded IS NULL AND ({where})) "
@@ -268,9 +270,10 @@ def export_lora(
         resolution="{}x{}".format(*recipe.export.resolution),
         prediction_type=recipe.model.prediction_type,
         usage_hint=f"<lora:{out.stem}:1>",
+        date=str(entry.get("finished_at") or ""),  # reproducible: when the stage finished
         extra={
             **ss,
-            "tagtune.recipe.model": json.dumps(recipe.model_dump(mode="json")),
+            "tagtune.recipe.model": json.dumps(recipe.model_dump(mode="json"), sort_keys=True),
             "tagtune.lora_stage": stage.name,
             "tagtune.lora_starts_from": json.dumps(["base", *earlier]),
         },

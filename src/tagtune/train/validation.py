@@ -33,6 +33,7 @@ import torch
 
 from tagtune.core.catalog import check_subset, open_catalog, subset_where
 from tagtune.core.errors import TrainingError
+from tagtune.core.subsets import SubsetOrigin
 from tagtune.recipe.model import Recipe
 from tagtune.recipe.validation import ValidationConfig
 from tagtune.train.data import keyed_generator
@@ -84,7 +85,7 @@ def choose_held_out(ws: Any, recipe: Recipe, latents: Any) -> list[HeldOutImage]
         return []
     subset = cfg.subset.strip() or "all"
     with open_catalog(ws.catalog_path, read_only=True) as con:
-        check_subset(con, subset)
+        check_subset(con, subset, SubsetOrigin("validation.subset", ws.recipe_path))
         rows = con.execute(
             "SELECT c.post_id, c.caption FROM captions c JOIN posts ON posts.id = c.post_id "
             f"WHERE {subset_where(subset)} ORDER BY c.post_id"
