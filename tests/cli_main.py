@@ -8,6 +8,8 @@ report on stderr.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import signal
 import sys
 from dataclasses import dataclass
@@ -56,3 +58,31 @@ def run_cli(capsys, *args) -> CliResult:
         signal.signal(signal.SIGTERM, handler)
     captured = capsys.readouterr()
     return CliResult(code, captured.out, captured.err)
+
+
+def run_with_deadline(args, timeout: int) -> CliResult:
+    """`tagtune ARGS` in this process through the real entry point, stdout and stderr captured
+    without pytest's capsys; a command that runs past `timeout` seconds fails the test."""
+    from tagtune.cli.main import main
+
+    def too_long(signum, frame):
+        raise TimeoutError(f"tagtune {' '.join(map(str, args))} ran over {timeout} s")
+
+    out, err = io.StringIO(), io.StringIO()
+    old_argv, old_term = sys.argv, signal.getsignal(signal.SIGTERM)
+    old_alarm = signal.signal(signal.SIGALRM, too_long)
+    sys.argv = ["tagtune", *map(str, args)]
+    signal.alarm(timeout)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_alarm)
+        signal.signal(signal.SIGTERM, old_term)
+        sys.argv = old_argv
+    return CliResult(code, out.getvalue(), err.getvalue())

@@ -21,8 +21,6 @@ import contextlib
 import io
 import json
 import resource
-import signal
-import sys
 import tracemalloc
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tagtune.cli.main import main
+from cli_main import run_with_deadline
 from tagtune.models.configs import METADATA_KEY, SDXL_SIZES, configs_to_metadata, sdxl_base_configs
 from tagtune.models.safetensors_io import encode_header
 
@@ -49,27 +47,8 @@ HEAP_LIMIT = 64 << 20
 def run_cli(*args) -> tuple[int, str, str]:
     """The real command in this process: (exit code, stdout, stderr); fails past CASE_SECONDS."""
 
-    def too_long(signum, frame):
-        raise TimeoutError(f"tagtune {args[0]} ran over {CASE_SECONDS} s")
-
-    out, err = io.StringIO(), io.StringIO()
-    old_argv, old_term = sys.argv, signal.getsignal(signal.SIGTERM)
-    old_alarm = signal.signal(signal.SIGALRM, too_long)
-    sys.argv = ["tagtune", *map(str, args)]
-    signal.alarm(CASE_SECONDS)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old_alarm)
-        signal.signal(signal.SIGTERM, old_term)
-        sys.argv = old_argv
-    return code, out.getvalue(), err.getvalue()
+    res = run_with_deadline(args, CASE_SECONDS)
+    return res.code, res.out, res.err
 
 
 @contextlib.contextmanager

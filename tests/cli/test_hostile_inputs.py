@@ -7,12 +7,9 @@ with the good ones ingested. Each case here was a traceback, a hang or a runaway
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,7 +19,7 @@ import duckdb
 import pytest
 import torch
 
-from tagtune.cli.main import main
+from cli_main import run_with_deadline
 from tagtune.models.configs import METADATA_KEY, sdxl_base_configs
 from tagtune.models.save import save_single_file
 from tagtune.recipe.workspace import init_workspace
@@ -42,27 +39,8 @@ def tagtune(*args, timeout: int = 120) -> Run:
     """`tagtune ARGS` in this process, as the console script runs it (errors printed by
     `main`, exit code from SystemExit); a command that runs past `timeout` fails the test."""
 
-    def too_long(signum, frame):
-        raise TimeoutError(f"tagtune {' '.join(map(str, args))} ran over {timeout} s")
-
-    out, err = io.StringIO(), io.StringIO()
-    old_argv, old_term = sys.argv, signal.getsignal(signal.SIGTERM)
-    old_alarm = signal.signal(signal.SIGALRM, too_long)
-    sys.argv = ["tagtune", *map(str, args)]
-    signal.alarm(timeout)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old_alarm)
-        signal.signal(signal.SIGTERM, old_term)
-        sys.argv = old_argv
-    return Run(code, out.getvalue(), err.getvalue())
+    res = run_with_deadline(args, timeout)
+    return Run(res.code, res.out, res.err)
 
 
 def one_error(run: Run, *needles: str) -> str:
