@@ -4,12 +4,12 @@ weights-only pickles, and clear refusals."""
 from __future__ import annotations
 
 import json
-import logging
 import zipfile
 
 import pytest
 import torch
 
+from diffusers_reads import diffusers_reads
 from tagtune.core.errors import DependencyError, ModelFileError
 from tagtune.models.hashes import file_hashes
 from tagtune.models.load import load_model, read_checkpoint
@@ -53,30 +53,8 @@ def test_round_trip_folder_single_file_folder_is_bit_identical(tiny_sdxl, export
 def test_diffusers_own_single_file_loader_accepts_the_export(tiny_sdxl, exported):
     """Independent check: diffusers' from_single_file(config=local folder), offline, loads the
     export with nothing missing or left over and every tensor identical."""
-    from diffusers import StableDiffusionXLPipeline
-    from diffusers.utils import logging as dlogging
-
     folder, single = exported
-    messages: list[str] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    handler = Capture(level=logging.DEBUG)
-    logger = dlogging.get_logger("diffusers")
-    logger.addHandler(handler)
-    try:
-        pipe = StableDiffusionXLPipeline.from_single_file(
-            str(single), config=str(folder), local_files_only=True, torch_dtype=torch.float32
-        )
-    finally:
-        logger.removeHandler(handler)
-    bad = [
-        m
-        for m in messages
-        if any(w in m.lower() for w in ("not used", "missing", "unexpected", "newly initialized"))
-    ]
+    pipe, bad = diffusers_reads(single, folder)
     assert bad == []
     for name, module in tiny_sdxl.modules().items():
         ours = {k.removeprefix("text_model."): v for k, v in module.state_dict().items()}

@@ -7,12 +7,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 
 import numpy as np
 import pytest
 import torch
 
+from diffusers_reads import diffusers_reads
 from tagtune.core.catalog import open_catalog
 from tagtune.core.errors import ModelFileError, WorkspaceError
 from tagtune.models.hashes import file_hashes
@@ -140,31 +140,6 @@ def test_bf16_training_finds_the_cache_prepare_wrote_in_fp32(tmp_path, tiny_sdxl
     assert run["stages"][0]["inputs"]["latents_vae"] == vae_fingerprint(tiny_sdxl.vae)
 
 
-def _diffusers_reads(path, config_folder):
-    """diffusers' own single-file loader (config from a local folder, offline): the pipeline
-    and any message about tensors it did not use, missed or made up."""
-    from diffusers import StableDiffusionXLPipeline
-    from diffusers.utils import logging as dlogging
-
-    messages: list[str] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    handler = Capture(level=logging.DEBUG)
-    logger = dlogging.get_logger("diffusers")
-    logger.addHandler(handler)
-    try:
-        pipe = StableDiffusionXLPipeline.from_single_file(
-            str(path), config=str(config_folder), local_files_only=True, torch_dtype=torch.float32
-        )
-    finally:
-        logger.removeHandler(handler)
-    words = ("not used", "missing", "unexpected", "newly initialized")
-    return pipe, [m for m in messages if any(w in m.lower() for w in words)]
-
-
 @pytest.mark.slow
 def test_prepare_train_and_export_carry_the_fix_vae_and_the_card_names_it(tmp_path, tiny_sdxl):
     from tagtune.card import render_card
@@ -183,7 +158,7 @@ def test_prepare_train_and_export_carry_the_fix_vae_and_the_card_names_it(tmp_pa
     assert summary.ran[0]["images"] == 4
     exported = export_model(ws)
 
-    pipe, complaints = _diffusers_reads(exported.path, save_diffusers(tiny_sdxl, tmp_path / "cfg"))
+    pipe, complaints = diffusers_reads(exported.path, save_diffusers(tiny_sdxl, tmp_path / "cfg"))
     assert complaints == []
     assert _equal_states(pipe.vae, fix)  # the export carries the fix VAE, every tensor
     assert not _equal_states(pipe.vae, tiny_sdxl.vae)
