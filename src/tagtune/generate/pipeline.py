@@ -249,6 +249,7 @@ def generate(
     out_dir.mkdir(parents=True, exist_ok=True)
     first = _next_index(out_dir)
     paths, total, done = [], n * steps, [0]
+    lora_text = lora_use(used)  # the prompt tags and infotext field of every image
 
     def step() -> None:
         done[0] = min(done[0] + 1, total)
@@ -265,7 +266,7 @@ def generate(
             pipe, embeddings, image_seed, steps, cfg, width, height, cfg_rescale, on_step=step
         )
         info = Infotext(
-            prompt=prompt + lora_use(used).prompt_suffix,
+            prompt=prompt + lora_text.prompt_suffix,
             negative=negative,
             steps=steps,
             sampler=sampler,
@@ -278,7 +279,7 @@ def generate(
             clip_skip=clip_skip,
             cfg_rescale=cfg_rescale,
             **prediction_fields(loaded.components),
-            extra=lora_use(used).infotext_extra,
+            extra=lora_text.infotext_extra,
         )
         paths.append(write_png(image, target, info))
         done[0] = (i + 1) * steps
